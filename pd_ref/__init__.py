@@ -1,0 +1,20 @@
+"""pd_ref: the pure-NumPy, float64 executable specification of progressive distillation
+(Salimans & Ho, ICLR 2022). Read it beside `../shared/SPEC.md`; `pd_fast` offers the same names."""
+
+from .distillation import distill_loss, loss_weight, teacher_target, two_step_target
+from .parameterizations import predict_x_eps
+from .sampling import ancestral_step, ddim_step, sample
+from .schedules import CosineSchedule, DiscreteSchedule
+
+__all__ = [
+    "CosineSchedule",
+    "DiscreteSchedule",
+    "predict_x_eps",
+    "ddim_step",
+    "ancestral_step",
+    "sample",
+    "two_step_target",
+    "teacher_target",
+    "loss_weight",
+    "distill_loss",
+]

@@ -1,0 +1,102 @@
+"""Input validation shared by the pd_ref modules: every bad input is a ValueError naming its argument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+PARAMS = ("eps", "x", "v", "both")
+WEIGHTINGS = ("constant", "snr", "snr_trunc", "snr+1")
+
+
+def as_array(name: str, value: Any, min_ndim: int = 1) -> np.ndarray:
+    """A float64 copy of `value`, which must be a finite real array with at least `min_ndim` dims."""
+    arr = np.asarray(value)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s), got shape {arr.shape}"
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values")
+    return arr
+
+
+def coef(name: str, value: Any, batch: int, ndim: int, positive: bool = False) -> np.ndarray:
+    """A coefficient (float, 0-d or 1-D of length `batch`) shaped to broadcast over an
+    array of `ndim` dims whose first axis is the batch."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a float or an array of floats") from err
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    elif arr.ndim != 1 or arr.shape[0] not in (1, batch):
+        raise ValueError(
+            f"{name} must be a float, 0-d, or 1-D of length {batch} (the batch), got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {arr}")
+    if positive and np.any(arr <= 0):
+        raise ValueError(f"{name} must be > 0, got min {arr.min()}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0, got min {arr.min()}")
+    return arr.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def param_name(param: str) -> str:
+    if param not in PARAMS:
+        raise ValueError(f"param must be one of {PARAMS}, got {param!r}")
+    return param
+
+
+def weighting_name(weighting: str) -> str:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    return weighting
+
+
+def out_matches(out: np.ndarray, z: np.ndarray, param: str) -> None:
+    """The network output has z's shape, or twice its channels (axis 1) for param='both'."""
+    if param == "both":
+        if z.ndim < 2:
+            raise ValueError(f"param='both' needs z with a channel axis (ndim >= 2), got {z.shape}")
+        expected = (z.shape[0], 2 * z.shape[1]) + z.shape[2:]
+    else:
+        expected = z.shape
+    if out.shape != expected:
+        raise ValueError(f"out must have shape {expected} for param={param!r}, got {out.shape}")
+
+
+def same_shape(name: str, arr: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
+    if arr.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {ref.shape}, got {arr.shape}")
+
+
+def before(name_s: str, sigma_s: np.ndarray, name_t: str, sigma_t: np.ndarray) -> None:
+    """s < t, seen through sigma (strictly increasing in t for a variance-preserving schedule)."""
+    if np.any(sigma_s >= sigma_t):
+        raise ValueError(
+            f"the step must go back in time (s < t), but {name_s} >= {name_t} somewhere"
+        )
+
+
+def times(name: str, t: Any) -> np.ndarray:
+    """Times as a float64 array, each in [0, 1]."""
+    arr = np.asarray(t, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    if np.any(arr < 0) or np.any(arr > 1):
+        raise ValueError(f"{name} must lie in [0, 1], got range [{arr.min()}, {arr.max()}]")
+    return arr
+
+
+def steps_count(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return int(steps)
