@@ -18,9 +18,7 @@ def as_array(name: str, value: Any, min_ndim: int = 1) -> np.ndarray:
     ):
         raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     if arr.ndim < min_ndim:
-        raise ValueError(
-            f"{name} must have at least {min_ndim} dimension(s), got shape {arr.shape}"
-        )
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {arr.shape}")
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains non-finite values")
@@ -81,9 +79,7 @@ def same_shape(name: str, arr: np.ndarray, ref_name: str, ref: np.ndarray) -> No
 def before(name_s: str, sigma_s: np.ndarray, name_t: str, sigma_t: np.ndarray) -> None:
     """s < t, seen through sigma (strictly increasing in t for a variance-preserving schedule)."""
     if np.any(sigma_s >= sigma_t):
-        raise ValueError(
-            f"the step must go back in time (s < t), but {name_s} >= {name_t} somewhere"
-        )
+        raise ValueError(f"the step must go back in time (s < t), but {name_s} >= {name_t} somewhere")
 
 
 def times(name: str, t: Any) -> np.ndarray:

@@ -92,9 +92,7 @@ def teacher_target(
     x_hat_p, _ = _predict(
         z_p, out_p, alpha_p.reshape(final.shape), sigma_p.reshape(final.shape), param, False
     )
-    return np.where(
-        final, x_hat_p, two_step_target(z_t, z_pp, alpha_t, sigma_t, alpha_pp, sigma_pp)
-    )
+    return np.where(final, x_hat_p, two_step_target(z_t, z_pp, alpha_t, sigma_t, alpha_pp, sigma_pp))
 
 
 def loss_weight(alpha: Any, sigma: Any, weighting: str) -> np.ndarray:

@@ -144,9 +144,7 @@ def sample(
             z = ddim_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip, eta, noise)
         else:
             noise = rng.standard_normal(z.shape)
-            z = ancestral_step(
-                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, noise, variance, clip
-            )
+            z = ancestral_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, noise, variance, clip)
     alpha_t, sigma_t = schedule.alpha_sigma(1.0 / steps)
     x_hat, _ = _predict(z, model_out(z, 1.0 / steps), alpha_t, sigma_t, param, clip)
     return x_hat
