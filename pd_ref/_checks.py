@@ -59,7 +59,7 @@ def weighting_name(weighting: str) -> str:
     return weighting
 
 
-def out_matches(out: np.ndarray, z: np.ndarray, param: str) -> None:
+def out_matches(out: np.ndarray, z: np.ndarray, param: str, name: str = "out") -> None:
     """The network output has z's shape, or twice its channels (axis 1) for param='both'."""
     if param == "both":
         if z.ndim < 2:
@@ -68,7 +68,7 @@ def out_matches(out: np.ndarray, z: np.ndarray, param: str) -> None:
     else:
         expected = z.shape
     if out.shape != expected:
-        raise ValueError(f"out must have shape {expected} for param={param!r}, got {out.shape}")
+        raise ValueError(f"{name} must have shape {expected} for param={param!r}, got {out.shape}")
 
 
 def same_shape(name: str, arr: np.ndarray, ref_name: str, ref: np.ndarray) -> None:

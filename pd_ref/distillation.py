@@ -83,7 +83,7 @@ def teacher_target(
 
     def teacher_out(z: np.ndarray, time: np.ndarray) -> np.ndarray:
         out = as_array("teacher output", teacher(z, time))
-        out_matches(out, z, param)
+        out_matches(out, z, param, "teacher output")
         return out
 
     z_p = ddim_step(z_t, teacher_out(z_t, t), alpha_t, sigma_t, alpha_p, sigma_p, param)

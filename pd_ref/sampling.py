@@ -131,7 +131,7 @@ def sample(
 
     def model_out(z: np.ndarray, t: float) -> np.ndarray:
         out = as_array("model output", model(z, t * t_batch))
-        out_matches(out, z, param)
+        out_matches(out, z, param, "model output")
         return out
 
     for i in range(steps, 1, -1):

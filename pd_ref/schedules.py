@@ -50,11 +50,13 @@ class CosineSchedule:
         lam = np.asarray(logsnr, dtype=np.float64)
         if not np.all(np.isfinite(lam)):
             raise ValueError("logsnr must be finite")
-        if np.any(lam < self.logsnr_min) or np.any(lam > self.logsnr_max):
+        slack = 1e-9 * (self.logsnr_max - self.logsnr_min)  # rounding of logsnr(0) and logsnr(1)
+        if np.any(lam < self.logsnr_min - slack) or np.any(lam > self.logsnr_max + slack):
             raise ValueError(
                 f"logsnr must lie in [{self.logsnr_min}, {self.logsnr_max}], "
                 f"got range [{lam.min()}, {lam.max()}]"
             )
+        lam = np.clip(lam, self.logsnr_min, self.logsnr_max)
         return (np.arctan(np.exp(-0.5 * lam)) - self.b) / self.a
 
     def __repr__(self) -> str:
