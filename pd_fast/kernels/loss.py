@@ -79,21 +79,31 @@ def distill_loss_fwd_bwd(
     q: torch.Tensor,
     w: torch.Tensor,
     param: str,
+    grad_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example loss `w * mean_j (x_hat - x_tilde)^2` with `x_tilde = p*z_tpp + q*z_t`, and its
     gradient with respect to `out` ([PD] Algorithm 2 lines 9-10, SPEC sections 4-5), in fp32.
 
-    out: z_t's shape, or (B, 2C, ...) for 'both'; z_t, z_tpp: (B, ...), same dtype and device;
+    out: z_t's shape, or (B, 2C, ...) for 'both'; z_t, z_tpp: (B, ...), same dtype and device, except
+    that z_tpp may be fp32 beside an fp16/bf16 z_t (the target magnifies its rounding by ~N);
     alpha_t, sigma_t, p, q, w: (B,) tensors (cast to fp32). Non-contiguous inputs are copied to
     contiguous ones first (`.contiguous()`). The sum over chunks runs in a fixed order: deterministic.
-    Returns `(loss: fp32 (B,), grad: out's shape and dtype, contiguous)`.
+    Returns `(loss: fp32 (B,), grad: out's shape, contiguous, in `grad_dtype` (default out's dtype))`;
+    fp16 callers that scale the gradient afterwards should ask for fp32: w/M * diff can pass 65504.
     """
     param = _check_param(param)
     _check_out(out, z_t, param)
-    _check_out(z_tpp, z_t, "x", name="z_tpp")
+    if (
+        z_tpp.shape != z_t.shape
+        or z_tpp.device != z_t.device
+        or z_tpp.dtype not in (z_t.dtype, torch.float32)
+    ):
+        raise ValueError(
+            f"z_tpp must have shape {tuple(z_t.shape)}, dtype {z_t.dtype} or float32 and device {z_t.device}"
+        )
     coefs = _check_coefs(z_t.shape[0], z_t.device, alpha_t=alpha_t, sigma_t=sigma_t, p=p, q=q, w=w)
     out, z_t, z_tpp = out.contiguous(), z_t.contiguous(), z_tpp.contiguous()
-    grad = torch.empty_like(out)
+    grad = torch.empty(out.shape, dtype=grad_dtype or out.dtype, device=out.device)
     batch = z_t.shape[0]
     m = z_t.numel() // batch if batch else 0
     if z_t.numel() == 0:

@@ -1,0 +1,154 @@
+"""Input validation shared by the pd_fast modules: every bad input is a ValueError naming its argument.
+
+The same checks as `pd_ref/_checks.py`, on torch tensors, plus device and dtype agreement. What
+is checked, and what it costs:
+- shapes, dtypes and devices of the big tensors: metadata only, no device work;
+- the values of the per-example coefficients (floats, 0-d or (B,) tensors) and of `t`: one small
+  reduction and one host sync per call (`check_coefs`), never a per-element `.item()`;
+- not checked (pd_ref checks it): finiteness of the big tensors `z`, `out`, `noise`, ... That would
+  be a full extra pass over memory on the hot path; non-finite inputs give non-finite outputs.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+
+PARAMS = ("eps", "x", "v", "both")
+WEIGHTINGS = ("constant", "snr", "snr_trunc", "snr+1")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def tensor(name: str, value: Any, min_ndim: int = 1) -> torch.Tensor:
+    """`value` itself, which must be an fp32/fp16/bf16 tensor with at least `min_ndim` dims."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {value.dtype}")
+    if value.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(value.shape)}")
+    return value
+
+
+def like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """`value` lives on `ref`'s device and has `ref`'s dtype."""
+    if value.device != ref.device:
+        raise ValueError(f"{name} is on {value.device} but {ref_name} is on {ref.device}: use one device")
+    if value.dtype != ref.dtype:
+        raise ValueError(f"{name} has dtype {value.dtype} but {ref_name} has {ref.dtype}: use one dtype")
+
+
+def same_shape(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if value.shape != ref.shape:
+        raise ValueError(
+            f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(value.shape)}"
+        )
+
+
+def out_matches(out: torch.Tensor, z: torch.Tensor, param: str, name: str = "out") -> None:
+    """The network output has z's shape, or twice its channels (axis 1) for param='both'."""
+    if param == "both":
+        if z.ndim < 2:
+            raise ValueError(f"param='both' needs z with a channel axis (ndim >= 2), got {tuple(z.shape)}")
+        expected = (z.shape[0], 2 * z.shape[1]) + tuple(z.shape[2:])
+    else:
+        expected = tuple(z.shape)
+    if tuple(out.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected} for param={param!r}, got {tuple(out.shape)}")
+
+
+def coef(name: str, value: Any, batch: int, device: torch.device) -> torch.Tensor:
+    """A coefficient (float, 0-d or 1-D of length 1 or `batch`) as a float64 (B,) tensor on `device`.
+
+    Tensors may live on `device` or on the CPU (schedules evaluated at float times return CPU
+    tensors); values are checked later, all at once, by `check_coefs`.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"{name} must be real, got dtype {value.dtype}")
+        if value.device != device and value.device.type != "cpu":
+            raise ValueError(f"{name} is on {value.device} but the data is on {device}: use one device")
+        arr = value.detach()
+    else:
+        try:
+            arr = torch.as_tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{name} must be a float or a tensor of floats") from err
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    elif arr.ndim != 1 or arr.shape[0] not in (1, batch):
+        raise ValueError(
+            f"{name} must be a float, 0-d, or 1-D of length {batch} (the batch), got shape {tuple(arr.shape)}"
+        )
+    return arr.to(device=device, dtype=torch.float64).expand(batch)
+
+
+def check_coefs(
+    positive: dict[str, torch.Tensor],
+    nonnegative: dict[str, torch.Tensor] | None = None,
+    before: tuple[str, str] | None = None,
+) -> None:
+    """Finite and > 0 (`positive`) or >= 0 (`nonnegative`), and, for `before = (name_s, name_t)`,
+    sigma_s < sigma_t (s < t, seen through sigma, strictly increasing in t). One host sync."""
+    nonnegative = nonnegative or {}
+    named = {**positive, **nonnegative}
+    bad = [(~torch.isfinite(c)).any() for c in named.values()]
+    bad += [(c <= 0).any() for c in positive.values()] + [(c < 0).any() for c in nonnegative.values()]
+    if before is not None:
+        bad.append((named[before[0]] >= named[before[1]]).any())
+    flags = torch.stack(bad).tolist()
+    n = len(named)
+    for k, name in enumerate(named):
+        if flags[k]:
+            raise ValueError(f"{name} must be finite, got {named[name].tolist()}")
+    for k, name in enumerate(named):
+        if flags[n + k]:
+            relation = "> 0" if name in positive else ">= 0"
+            raise ValueError(f"{name} must be {relation}, got min {named[name].min().item()}")
+    if before is not None and flags[-1]:
+        raise ValueError(f"the step must go back in time (s < t), but {before[0]} >= {before[1]} somewhere")
+
+
+def per_example(c: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A float64 (B,) coefficient as fp32, shaped (B, 1, ..., 1) to broadcast over `ndim` dims."""
+    return c.to(torch.float32).reshape((-1,) + (1,) * (ndim - 1))
+
+
+def param_name(param: str) -> str:
+    if param not in PARAMS:
+        raise ValueError(f"param must be one of {PARAMS}, got {param!r}")
+    return param
+
+
+def weighting_name(weighting: str) -> str:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    return weighting
+
+
+def times(name: str, t: Any) -> torch.Tensor:
+    """Times as a float64 tensor (on t's device; CPU for floats), each in [0, 1]."""
+    if isinstance(t, torch.Tensor):
+        if t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be real, got dtype {t.dtype}")
+        arr = t.detach().to(torch.float64)
+    else:
+        try:
+            arr = torch.as_tensor(t, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{name} must be a float or a tensor of floats") from err
+    finite, low, high = torch.stack([torch.isfinite(arr).all(), (arr < 0).any(), (arr > 1).any()]).tolist()
+    if not finite:
+        raise ValueError(f"{name} must be finite")
+    if low or high:
+        raise ValueError(f"{name} must lie in [0, 1], got range [{arr.min().item()}, {arr.max().item()}]")
+    return arr
+
+
+def steps_count(steps: Any) -> int:
+    """An integer >= 1 (Python or NumPy integer, or an integer 0-d tensor; not a bool or a float)."""
+    if isinstance(steps, bool) or not hasattr(steps, "__index__") or operator.index(steps) < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return operator.index(steps)

@@ -1,0 +1,325 @@
+"""The distillation target and loss ([PD] Algorithm 2 and Section 4, SPEC sections 4-5), on torch
+tensors: the twin of `pd_ref/distillation.py`, plus what training needs fast:
+
+- `teacher_two_step`: the teacher's two DDIM steps (fused sampler steps on the Triton path);
+- `fused_distill_loss`: target, loss and its gradient with respect to the student output in one
+  pass (`kernels.distill_loss_fwd_bwd`), as a `torch.autograd.Function`.
+
+The losses are differentiable with respect to `out` only: `z_t` and the targets are constants
+(detached), as in [PD] Algorithm 2. Losses are returned in fp32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._backend import backend_for, kernels
+from ._checks import (
+    check_coefs,
+    coef,
+    like,
+    out_matches,
+    param_name,
+    per_example,
+    same_shape,
+    steps_count,
+    tensor,
+    times,
+    weighting_name,
+)
+from .parameterizations import _predict
+from .sampling import Model, _apply, _model_out, _on_cpu, _prepare, ddim_coefs
+
+
+def _target_coefs(
+    alpha_t: torch.Tensor, sigma_t: torch.Tensor, alpha_tpp: torch.Tensor, sigma_tpp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(ratio, den) = (sigma_tpp/sigma_t, alpha_tpp - (sigma_tpp/sigma_t)*alpha_t)` in float64:
+    `x_tilde = (z_tpp - ratio*z_t) / den` ([PD] Algorithm 2, line 9). den is O(1/N)."""
+    ratio = sigma_tpp / sigma_t
+    return ratio, alpha_tpp - ratio * alpha_t
+
+
+def _target_like(name: str, target: torch.Tensor, z_t: torch.Tensor) -> None:
+    """A target (z_tpp or x_tilde) on z_t's device, in z_t's dtype or in fp32 (a target kept in
+    fp32 for a low-precision student, as `teacher_two_step` returns z_tpp)."""
+    if target.dtype == torch.float32 and target.device == z_t.device:
+        return
+    like(name, target, "z_t", z_t)
+
+
+def _target_inputs(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp):
+    z_t = tensor("z_t", z_t)
+    z_tpp = tensor("z_tpp", z_tpp)
+    _target_like("z_tpp", z_tpp, z_t)
+    same_shape("z_tpp", z_tpp, "z_t", z_t)
+    b, device = z_t.shape[0], z_t.device
+    alpha_t = coef("alpha_t", alpha_t, b, device)
+    sigma_t = coef("sigma_t", sigma_t, b, device)
+    alpha_tpp = coef("alpha_tpp", alpha_tpp, b, device)
+    sigma_tpp = coef("sigma_tpp", sigma_tpp, b, device)
+    check_coefs(
+        positive={"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_tpp": alpha_tpp},
+        nonnegative={"sigma_tpp": sigma_tpp},
+        before=("sigma_tpp", "sigma_t"),
+    )
+    return z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp
+
+
+def two_step_target(
+    z_t: torch.Tensor, z_tpp: torch.Tensor, alpha_t: Any, sigma_t: Any, alpha_tpp: Any, sigma_tpp: Any
+) -> torch.Tensor:
+    """`x_tilde = (z_tpp - (sigma_tpp/sigma_t)*z_t) / (alpha_tpp - (sigma_tpp/sigma_t)*alpha_t)`
+    ([PD] Algorithm 2, line 9): the x_hat with which one DDIM step from z_t lands on z_tpp.
+
+    z_t, z_tpp: (B, ...) of one dtype and device (z_tpp may also be fp32); coefficients float,
+    0-d or (B,); t'' < t.
+    Ratio and denominator in float64, the element arithmetic in fp32 (relative error ~1e-7 * N,
+    SPEC section 4); returned in z_t's dtype.
+    """
+    z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp = _target_inputs(
+        z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp
+    )
+    ratio, den = _target_coefs(alpha_t, sigma_t, alpha_tpp, sigma_tpp)
+    return _two_step_torch(z_t, z_tpp, ratio, den).to(z_t.dtype)
+
+
+def _two_step_torch(z_t: torch.Tensor, z_tpp: torch.Tensor, ratio: torch.Tensor, den: torch.Tensor):
+    nd = z_t.ndim
+    return (z_tpp.float() - per_example(ratio, nd) * z_t.float()) / per_example(den, nd)
+
+
+def student_grid_index(t: torch.Tensor, steps: int, resolution: float = 0.0) -> torch.Tensor:
+    """`i` (int64) with `t = i / steps`, `1 <= i <= steps`; ValueError if t is off the grid.
+    `resolution`: the relative rounding of t's original dtype (0 for float64 input)."""
+    tol = 1e-6 + 2.0 * resolution * steps  # in units of the grid spacing
+    if tol >= 0.25:
+        raise ValueError(f"t's dtype cannot resolve the grid i/{steps}: pass t as float32 or float64")
+    i = torch.round(t * steps)
+    if bool((torch.abs(t * steps - i) > tol).any()) or bool((i < 1).any()):
+        raise ValueError(f"t must lie on the student grid i/{steps}, i in 1..{steps}")
+    return i.long()
+
+
+def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
+    """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time."""
+    steps = steps_count(steps)
+    param = param_name(param)
+    z_t = tensor("z_t", z_t)
+    batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
+    floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+    resolution = torch.finfo(t.dtype).eps if floating else 0.0
+    t = times("t", t).cpu()
+    if t.ndim > 1 or t.numel() not in (1, batch):
+        raise ValueError(
+            f"t must be a float, 0-d, or 1-D of length {batch} (the batch), got {tuple(t.shape)}"
+        )
+    i = student_grid_index(t.reshape(-1).expand(batch), steps, resolution)
+    t = i / steps  # float64, exactly on the grid even when t came in float32
+    final = i == 1
+    t_p, t_pp = t - 0.5 / steps, (i - 1) / steps
+    alpha_t, sigma_t = _on_cpu(schedule.alpha_sigma(t))
+    alpha_p, sigma_p = _on_cpu(schedule.alpha_sigma(t_p))
+    alpha_pp, sigma_pp = _on_cpu(schedule.alpha_sigma(t_pp))
+    # final interval: the second "step" lands on the teacher's x_hat at t' (official `dpm.py`)
+    alpha_pp = torch.where(final, 1.0, alpha_pp)
+    sigma_pp = torch.where(final, 0.0, sigma_pp)
+    alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp = (
+        c.to(device) for c in (alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp)
+    )
+    backend = backend_for(z_t)
+    # The states z_t' and z_t'' stay fp32 whatever z_t's dtype: x_tilde amplifies their rounding by
+    # ~N (SPEC section 4). The teacher sees them in its own dtype.
+    with torch.no_grad():
+        out = _model_out(teacher, z_t, t.to(device=device, dtype=dtype), param)
+        first = _prepare(alpha_t, sigma_t, ddim_coefs(alpha_t, sigma_t, alpha_p, sigma_p, 0.0), backend)
+        z_p = _apply(backend, z_t.float(), out.float(), first, param, False, None)
+        out_p = _model_out(teacher, z_p.to(dtype), t_p.to(device=device, dtype=dtype), param)
+        second = _prepare(alpha_p, sigma_p, ddim_coefs(alpha_p, sigma_p, alpha_pp, sigma_pp, 0.0), backend)
+        z_pp = _apply(backend, z_p, out_p.float(), second, param, False, None)
+    return z_pp, alpha_pp, sigma_pp, alpha_t, sigma_t
+
+
+def teacher_two_step(
+    teacher: Model, z_t: torch.Tensor, t: Any, steps: int, schedule: Any, param: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's two DDIM steps (never clipped) t -> t' = t - 0.5/N -> t'' = t - 1/N for a
+    student of N = `steps` steps ([PD] Algorithm 2, lines 6-8), under `torch.no_grad()`.
+
+    Returns `(z_tpp, alpha_tpp, sigma_tpp)`: z_tpp in fp32 whatever z_t's dtype (the target amplifies
+    its rounding by ~N), coefficients float64 (B,) on z_t's device. On the final
+    interval (t = 1/N) a row gets `z_tpp` = the teacher's x_hat at (z_t', t') with `alpha_tpp = 1`,
+    `sigma_tpp = 0`, so that `two_step_target` (and `fused_distill_loss`) give that x_hat exactly.
+    z_t: (B, ...); t: float, 0-d or (B,), each on the grid i/N (float32 t is snapped to the nearest
+    grid point); the teacher sees t in z_t's dtype.
+    """
+    z_tpp, alpha_tpp, sigma_tpp, _, _ = _teacher_two_step(teacher, z_t, t, steps, schedule, param)
+    return z_tpp, alpha_tpp, sigma_tpp
+
+
+def teacher_target(
+    teacher: Model, z_t: torch.Tensor, t: Any, steps: int, schedule: Any, param: str
+) -> torch.Tensor:
+    """The student's target x_tilde ([PD] Algorithm 2, lines 6-9) for a student of `steps` steps:
+    `two_step_target` of `teacher_two_step` (the teacher's x_hat at t' on the final interval)."""
+    z_tpp, alpha_tpp, sigma_tpp, alpha_t, sigma_t = _teacher_two_step(teacher, z_t, t, steps, schedule, param)
+    return two_step_target(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
+
+
+def loss_weight(alpha: Any, sigma: Any, weighting: str) -> torch.Tensor:
+    """`w(lambda)` ([PD] Section 4): constant 1, snr `exp(lambda)`, snr_trunc
+    `max(exp(lambda), 1)`, snr+1 `exp(lambda) + 1`; `exp(lambda) = alpha^2 / sigma^2`.
+    Floats or tensors in, a float64 tensor out (on their device)."""
+    weighting = weighting_name(weighting)
+    alpha, sigma = (
+        v.detach().to(torch.float64)
+        if isinstance(v, torch.Tensor)
+        else torch.as_tensor(v, dtype=torch.float64)
+        for v in (alpha, sigma)
+    )
+    if not bool((torch.isfinite(alpha) & (alpha >= 0)).all()):
+        raise ValueError("alpha must be finite and >= 0")
+    if not bool((torch.isfinite(sigma) & (sigma > 0)).all()):
+        raise ValueError("sigma must be finite and > 0")
+    return _loss_weight(alpha, sigma, weighting)
+
+
+def _loss_weight(alpha: torch.Tensor, sigma: torch.Tensor, weighting: str) -> torch.Tensor:
+    """`loss_weight` without the checks (alpha, sigma validated float64 tensors)."""
+    snr = alpha**2 / sigma**2
+    if weighting == "constant":
+        return torch.ones_like(snr)
+    if weighting == "snr":
+        return snr
+    if weighting == "snr_trunc":
+        return torch.clamp(snr, min=1.0)
+    return snr + 1.0
+
+
+def _loss_inputs(out, z_t, target_name, target, alpha_t, sigma_t, param, weighting):
+    param = param_name(param)
+    weighting = weighting_name(weighting)
+    z_t = tensor("z_t", z_t)
+    out = tensor("out", out)
+    target = tensor(target_name, target)
+    like("out", out, "z_t", z_t)
+    _target_like(target_name, target, z_t)
+    out_matches(out, z_t, param)
+    same_shape(target_name, target, "z_t", z_t)
+    b, device = z_t.shape[0], z_t.device
+    alpha_t = coef("alpha_t", alpha_t, b, device)
+    sigma_t = coef("sigma_t", sigma_t, b, device)
+    return out, z_t, target, alpha_t, sigma_t, param, weighting
+
+
+def _loss_torch(
+    out: torch.Tensor,
+    z_t: torch.Tensor,
+    x_tilde: torch.Tensor,
+    alpha_t: torch.Tensor,
+    sigma_t: torch.Tensor,
+    w: torch.Tensor,
+    param: str,
+) -> torch.Tensor:
+    """`w * mean((x_hat - x_tilde)^2)` per example, fp32, differentiable through `out` only."""
+    nd = z_t.ndim
+    z32 = z_t.detach().float()
+    x_hat, _ = _predict(z32, out.float(), per_example(alpha_t, nd), per_example(sigma_t, nd), param, False)
+    mse = ((x_hat - x_tilde.detach().float()) ** 2).reshape(z_t.shape[0], -1).mean(dim=1)
+    return w.to(torch.float32) * mse
+
+
+class _FusedLoss(torch.autograd.Function):
+    """Per-example loss from `kernels.distill_loss_fwd_bwd`, which also writes d loss[b] / d out[b]
+    in the same pass; backward scales that stored gradient by the incoming per-example gradient."""
+
+    @staticmethod
+    def forward(ctx, out, z_t, z_tpp, alpha_t, sigma_t, p, q, w, param):  # noqa: ANN001
+        ctx.out_dtype = out.dtype
+        # fp16 has too little range for the unscaled gradient 2w/M * diff (w = SNR reaches ~1e8)
+        grad_dtype = torch.float32 if out.dtype == torch.float16 else out.dtype
+        loss, grad = kernels().distill_loss_fwd_bwd(
+            out, z_t, z_tpp, alpha_t, sigma_t, p, q, w, param, grad_dtype=grad_dtype
+        )
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # noqa: ANN001
+        (grad,) = ctx.saved_tensors
+        scale = grad_loss.reshape((-1,) + (1,) * (grad.ndim - 1))
+        return (grad * scale).to(ctx.out_dtype), None, None, None, None, None, None, None, None
+
+
+def _fused(out, z_t, z_tpp, alpha_t, sigma_t, p, q, w, param) -> torch.Tensor:
+    """The Triton path: all per-example coefficients from float64, cast to fp32 (B,)."""
+    f32 = [c.to(torch.float32).contiguous() for c in (alpha_t, sigma_t, p, q, w)]
+    return _FusedLoss.apply(out, z_t.detach(), z_tpp.detach(), *f32, param)
+
+
+def distill_loss(
+    out: torch.Tensor,
+    z_t: torch.Tensor,
+    x_tilde: torch.Tensor,
+    alpha_t: Any,
+    sigma_t: Any,
+    param: str,
+    weighting: str = "snr_trunc",
+) -> torch.Tensor:
+    """Per-example loss `w(lambda_t) * mean((x_hat - x_tilde)^2)` over the non-batch dims
+    ([PD] Section 4, Algorithm 2 line 10), x_hat the student's unclipped prediction.
+
+    out: z_t's shape, or (B, 2C, ...) for 'both'; x_tilde: z_t's shape; one dtype and device
+    (x_tilde may also be fp32).
+    Returns fp32 (B,), differentiable with respect to `out` (the fused kernel on the Triton path,
+    with x_tilde passed as z_tpp and p = 1, q = 0).
+    """
+    out, z_t, x_tilde, alpha_t, sigma_t, param, weighting = _loss_inputs(
+        out, z_t, "x_tilde", x_tilde, alpha_t, sigma_t, param, weighting
+    )
+    check_coefs(positive={"alpha_t": alpha_t, "sigma_t": sigma_t})
+    w = _loss_weight(alpha_t, sigma_t, weighting)
+    if backend_for(z_t) == "triton":
+        return _fused(out, z_t, x_tilde, alpha_t, sigma_t, torch.ones_like(w), torch.zeros_like(w), w, param)
+    return _loss_torch(out, z_t, x_tilde, alpha_t, sigma_t, w, param)
+
+
+def fused_distill_loss(
+    out: torch.Tensor,
+    z_t: torch.Tensor,
+    z_tpp: torch.Tensor,
+    alpha_t: Any,
+    sigma_t: Any,
+    alpha_tpp: Any,
+    sigma_tpp: Any,
+    param: str,
+    weighting: str = "snr_trunc",
+) -> torch.Tensor:
+    """`distill_loss(out, z_t, two_step_target(z_t, z_tpp, ...), ...)` in one pass: the target
+    `x_tilde = p*z_tpp + q*z_t` with `p = 1/den`, `q = -ratio/den` from float64 ([PD] Algorithm 2,
+    lines 9-10), the loss, and its gradient with respect to `out`. For the final interval pass the
+    teacher's x_hat as z_tpp with alpha_tpp = 1, sigma_tpp = 0 (as `teacher_two_step` returns).
+
+    out: z_t's shape, or (B, 2C, ...) for 'both'; z_t, z_tpp: (B, ...); one dtype and device
+    (z_tpp may also be fp32, as `teacher_two_step` returns it; the Triton path then runs in fp32);
+    coefficients float, 0-d or (B,). Returns fp32 (B,), differentiable with respect to `out`.
+    """
+    out, z_t, z_tpp, alpha_t, sigma_t, param, weighting = _loss_inputs(
+        out, z_t, "z_tpp", z_tpp, alpha_t, sigma_t, param, weighting
+    )
+    b, device = z_t.shape[0], z_t.device
+    alpha_tpp = coef("alpha_tpp", alpha_tpp, b, device)
+    sigma_tpp = coef("sigma_tpp", sigma_tpp, b, device)
+    check_coefs(
+        positive={"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_tpp": alpha_tpp},
+        nonnegative={"sigma_tpp": sigma_tpp},
+        before=("sigma_tpp", "sigma_t"),
+    )
+    w = _loss_weight(alpha_t, sigma_t, weighting)
+    ratio, den = _target_coefs(alpha_t, sigma_t, alpha_tpp, sigma_tpp)
+    if backend_for(z_t) == "triton":
+        return _fused(out, z_t, z_tpp, alpha_t, sigma_t, 1.0 / den, -ratio / den, w, param)
+    x_tilde = _two_step_torch(z_t.detach(), z_tpp.detach(), ratio, den)
+    return _loss_torch(out, z_t, x_tilde, alpha_t, sigma_t, w, param)

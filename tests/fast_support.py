@@ -1,0 +1,282 @@
+"""Helpers for the pd_fast tests: tensors from NumPy data in a given dtype and memory layout, the
+error scales of tests/tolerances.py, the comparison itself, and a Gaussian "network" whose output
+is known exactly, in torch (capturable in a CUDA graph) and in NumPy for pd_ref."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+import pd_ref
+
+from .tolerances import FP32_RTOL, LOSS_RTOL, OUT_ATOL, OUT_RTOL
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def as_torch(a: np.ndarray, dtype: str, layout: str = "contiguous", device: str = "cpu") -> torch.Tensor:
+    """`a` rounded to `dtype`, on `device`, with the values unchanged but stored as `layout`:
+    "transposed" (strides reversed), "sliced" (every other element of a larger buffer),
+    "channels_last" (4-D NHWC strides); layouts that do not apply to the shape stay contiguous."""
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=DTYPES[dtype])
+    if layout == "transposed" and t.ndim >= 2:
+        t = t.permute(*reversed(range(t.ndim))).contiguous().permute(*reversed(range(t.ndim)))
+    elif layout == "sliced":
+        big = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype, device=device)
+        big[..., ::2] = t
+        t = big[..., ::2]
+    elif layout == "channels_last" and t.ndim == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def to_np(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as float64 NumPy (exact: every fp32/fp16/bf16 value is a float64)."""
+    return t.detach().cpu().to(torch.float64).numpy()
+
+
+def ref_schedule(name: str):
+    if name == "cosine":
+        return pd_ref.CosineSchedule()
+    return pd_ref.DiscreteSchedule.from_betas(name)
+
+
+def fast_schedule(name: str):
+    import pd_fast
+
+    if name == "cosine":
+        return pd_fast.CosineSchedule()
+    return pd_fast.DiscreteSchedule.from_betas(name)
+
+
+def per_example(c, ndim: int) -> np.ndarray:
+    return np.asarray(c, dtype=np.float64).reshape((-1,) + (1,) * (ndim - 1))
+
+
+def coef_arg(values: np.ndarray, form: str):
+    """Per-example coefficient values (B,) passed as `form`; returns (argument, values the
+    reference must use). 'float' and '0-d' share example 0's value across the batch."""
+    if form == "float":
+        return float(values[0]), np.full_like(values, values[0])
+    if form == "0-d":
+        return torch.tensor(values[0], dtype=torch.float64), np.full_like(values, values[0])
+    if form == "batch-fp32":
+        t = torch.tensor(values, dtype=torch.float32)
+        return t, to_np(t)
+    return torch.tensor(values, dtype=torch.float64), values
+
+
+# ------------------------------------------------------------------ error scales (tolerances.py)
+
+
+def predict_scale(param: str, z, out, alpha, sigma, clip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitudes of the terms that make up x_hat and eps_hat (SPEC section 2, absolute values);
+    alpha, sigma shaped to broadcast. An error of x_hat feeds eps_hat through alpha/sigma."""
+    az, ao = np.abs(z), np.abs(out)
+    if param == "eps":
+        x, e = (az + sigma * ao) / alpha, ao
+    elif param == "x":
+        x, e = ao, (az + alpha * ao) / sigma
+    elif param == "v":
+        x, e = alpha * az + sigma * ao, sigma * az + alpha * ao
+    else:
+        c = z.shape[1]
+        x = sigma**2 * ao[:, :c] + alpha * (az + sigma * ao[:, c:])
+        e = (az + alpha * x) / sigma
+    if clip:
+        e = (az + alpha * x) / sigma
+    return x, e
+
+
+def ddim_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise=None) -> np.ndarray:
+    """`alpha_s*|x_hat| + sigma_s*(|eps_hat| + |noise|)`: every DDIM coefficient (k_eps and c too)
+    is at most sigma_s."""
+    x, e = predict_scale(param, z, out, alpha_t, sigma_t, clip)
+    return alpha_s * x + sigma_s * (e + (0.0 if noise is None else np.abs(noise)))
+
+
+def ancestral_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise) -> np.ndarray:
+    """`|z| + alpha_s*|x_hat| + sigma_t*|noise|`: r*alpha_s/alpha_t <= 1, (1 - r)*alpha_s <= alpha_s,
+    sqrt(var) <= sigma_t."""
+    x, _ = predict_scale(param, z, out, alpha_t, sigma_t, clip)
+    return np.abs(z) + alpha_s * x + sigma_t * np.abs(noise)
+
+
+def target_scale(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp) -> np.ndarray:
+    """`(|z_tpp| + ratio*|z_t|) / |den|`: the cancellation of the two-step target."""
+    ratio = sigma_tpp / sigma_t
+    return (np.abs(z_tpp) + ratio * np.abs(z_t)) / np.abs(alpha_tpp - ratio * alpha_t)
+
+
+#: a bound on |d z_t'' / d z_t'| and |d x_hat / d z_t'| of a DDIM step driven by the Gaussian
+#: denoiser below (x_hat is z times alpha*STD^2/(alpha^2*STD^2 + sigma^2) <= 1/alpha, then the DDIM
+#: map keeps it O(1)); it carries the first step's error through the second
+GAUSSIAN_LIPSCHITZ = 4.0
+
+
+def teacher_target_scale(param, teacher, z, t, steps, schedule) -> np.ndarray:
+    """Error scale of `teacher_target` (float64, following pd_ref.teacher_target): each teacher
+    step's own `ddim_scale`, the first carried through the second by GAUSSIAN_LIPSCHITZ, then the
+    target's 1/den amplification (`target_scale`); on the final interval, x_hat's own scale."""
+    t = np.broadcast_to(np.asarray(t, dtype=np.float64), (z.shape[0],))
+    t_p, t_pp = t - 0.5 / steps, np.maximum(t - 1.0 / steps, 0.0)
+    (a_t, s_t), (a_p, s_p), (a_pp, s_pp) = (
+        (per_example(a, z.ndim), per_example(s, z.ndim)) for a, s in map(schedule.alpha_sigma, (t, t_p, t_pp))
+    )
+    out = teacher(z, t)
+    err_p = ddim_scale(param, z, out, a_t, s_t, a_p, s_p, False)
+    z_p = pd_ref.ddim_step(z, out, a_t.ravel(), s_t.ravel(), a_p.ravel(), s_p.ravel(), param)
+    out_p = teacher(z_p, t_p)
+    err_pp = ddim_scale(param, z_p, out_p, a_p, s_p, a_pp, s_pp, False) + GAUSSIAN_LIPSCHITZ * err_p
+    ratio = s_pp / s_t
+    step_scale = (err_pp + ratio * np.abs(z)) / np.abs(a_pp - ratio * a_t)
+    x_scale, _ = predict_scale(param, z_p, out_p, a_p, s_p, False)
+    final = per_example(np.isclose(t * steps, 1.0), z.ndim)
+    return np.where(final, x_scale + GAUSSIAN_LIPSCHITZ * err_p, step_scale)
+
+
+# ------------------------------------------------------------------ the comparison
+
+
+def assert_close(fast: torch.Tensor, ref: np.ndarray, dtype: str, scale, what: str, ulps: int = 1) -> None:
+    """`|fast - ref| <= ulps*(OUT_RTOL*|ref| + OUT_ATOL) + FP32_RTOL*scale` elementwise
+    (tolerances.py; `ulps` = 2 where a result is rounded to its dtype twice); where ref lies beyond
+    the dtype's largest finite value (fp16 only, in practice), fast must be that value or inf."""
+    got = to_np(fast)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    assert fast.dtype == DTYPES[dtype], f"{what}: dtype {fast.dtype}, expected {dtype}"
+    biggest = torch.finfo(DTYPES[dtype]).max
+    beyond = np.abs(ref) > biggest
+    if beyond.any():
+        hit = got[beyond]
+        assert np.all((np.abs(hit) >= biggest) & (np.sign(hit) == np.sign(ref[beyond]))), what
+    tol = ulps * (OUT_RTOL[dtype] * np.abs(ref) + OUT_ATOL[dtype]) + FP32_RTOL * np.broadcast_to(
+        scale, ref.shape
+    )
+    err = np.abs(got - ref)
+    bad = ~beyond & ~(err <= tol)
+    if bad.any():
+        k = np.unravel_index(np.argmax(np.where(bad, err - tol, -np.inf)), ref.shape)
+        raise AssertionError(
+            f"{what}: {bad.sum()} of {ref.size} elements off; worst at {k}: fast {got[k]!r}, "
+            f"ref {ref[k]!r}, |err| {err[k]:.3g} > tol {tol[k]:.3g}"
+        )
+
+
+# ------------------------------------------------------------------ losses and their gradient
+
+
+def analytic_grad(param, z, out, x_tilde, alpha, sigma, w) -> tuple[np.ndarray, np.ndarray]:
+    """d loss_b / d out_b from SPEC section 5 in float64, and its error scale's factor |dx_hat/dout|:
+    `(2w/M)(x_hat - x_tilde) * dx_hat/dout`; dx_hat/dout = 1 (x), -sigma (v), -sigma/alpha (eps),
+    sigma^2 and -alpha*sigma on the two halves (both)."""
+    x_hat, _ = pd_ref.predict_x_eps(z, out, alpha.reshape(-1), sigma.reshape(-1), param)
+    m = np.prod(z.shape[1:], dtype=np.int64)
+    g = 2.0 * w / m * (x_hat - x_tilde)
+    if param == "x":
+        return g, 2.0 * w / m * np.ones_like(z)
+    if param == "v":
+        return -sigma * g, 2.0 * w / m * sigma * np.ones_like(z)
+    if param == "eps":
+        return -sigma / alpha * g, 2.0 * w / m * sigma / alpha * np.ones_like(z)
+    factor = 2.0 * w / m * np.ones_like(z)
+    return (
+        np.concatenate([sigma**2 * g, -alpha * sigma * g], axis=1),
+        np.concatenate([sigma**2 * factor, alpha * sigma * factor], axis=1),
+    )
+
+
+def check_loss_and_grad(param, dtype, loss, grad, incoming, ref_loss, w, ref_grad, grad_factor, diff_scale):
+    """loss (fp32, (B,)) against pd_ref's, and `grad` (out.grad) against `incoming * ref_grad`.
+
+    `diff_scale` S: the magnitude of the terms of d = x_hat - x_tilde, whose fp32 error
+    |delta| <= FP32_RTOL*S drives both. Loss `w mean(d^2)`: its error is at most
+    `w mean(2|d| delta + delta^2) <= 2 FP32_RTOL sqrt(w L) rms(S) + w FP32_RTOL^2 mean(S^2)`
+    (Cauchy-Schwarz), plus the fp32 reduction (LOSS_RTOL). Gradient `(2w/M) d dx_hat/dout`:
+    error `grad_factor * delta`, and 2 roundings to out's dtype (kernel, then the scaling)."""
+    assert loss.dtype == torch.float32 and loss.shape == ref_loss.shape
+    s2 = (diff_scale.reshape(diff_scale.shape[0], -1) ** 2).mean(axis=1)
+    w = w.reshape(-1)
+    tol = LOSS_RTOL * ref_loss + 2 * FP32_RTOL * np.sqrt(w * ref_loss * s2) + w * FP32_RTOL**2 * s2
+    err = np.abs(to_np(loss) - ref_loss)
+    assert np.all(err <= tol), f"loss: err {err} > tol {tol}"
+    incoming = per_example(incoming, diff_scale.ndim)
+    if param == "both":
+        diff_scale = np.concatenate([diff_scale, diff_scale], axis=1)
+    grad_scale = np.abs(incoming) * grad_factor * diff_scale
+    assert_close(grad, incoming * ref_grad, dtype, grad_scale, "grad", ulps=2)
+
+
+# ------------------------------------------------------------------ pd_ref's sampler loop
+
+
+def ref_sample(model, z, steps, schedule, param, clip, sampler, eta, variance, noises):
+    """pd_ref's sampler loop (as pd_ref.sample) with given noise draws, one per step but the last.
+    Also returns the sum over the model calls of each step's error scale (fast_support), the
+    magnitude of the terms that step combines, along the reference trajectory."""
+    t_batch = np.ones(z.shape[0])
+    scales = np.zeros_like(z)
+    for k, i in enumerate(range(steps, 1, -1)):
+        t, s = i / steps, (i - 1) / steps
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
+        out = model(z, t * t_batch)
+        noise = noises[k]
+        if sampler == "ddim":
+            scales += ddim_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise)
+            z = pd_ref.ddim_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip, eta, noise)
+        else:
+            scales += ancestral_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise)
+            z = pd_ref.ancestral_step(
+                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, noise, variance, clip
+            )
+    alpha_t, sigma_t = schedule.alpha_sigma(1.0 / steps)
+    out = model(z, t_batch / steps)
+    scales += predict_scale(param, z, out, alpha_t, sigma_t, clip)[0]
+    return pd_ref.predict_x_eps(z, out, alpha_t, sigma_t, param, clip)[0], scales
+
+
+# ------------------------------------------------------------------ a network with a known output
+
+#: data x ~ N(MU, STD^2) elementwise: E[x | z_t] is known in closed form
+MU, STD = 0.2, 0.6
+COSINE_B = math.atan(math.exp(-10.0))
+COSINE_A = math.atan(math.exp(10.0)) - COSINE_B
+
+
+def gaussian_out_torch(z: torch.Tensor, t: torch.Tensor, param: str) -> torch.Tensor:
+    """The exact denoiser of Gaussian data under the cosine schedule, as `param` output, in pure
+    torch (float64 inside; capturable in a CUDA graph); returned in z's dtype."""
+    theta = COSINE_A * t.to(torch.float64) + COSINE_B
+    shape = (-1,) + (1,) * (z.ndim - 1)
+    alpha, sigma = torch.cos(theta).reshape(shape), torch.sin(theta).reshape(shape)
+    z64 = z.to(torch.float64)
+    x_hat = MU + alpha * STD**2 / (alpha**2 * STD**2 + sigma**2) * (z64 - alpha * MU)
+    eps_hat = (z64 - alpha * x_hat) / sigma
+    if param == "eps":
+        out = eps_hat
+    elif param == "x":
+        out = x_hat
+    elif param == "v":
+        out = alpha * eps_hat - sigma * x_hat
+    else:
+        out = torch.cat([x_hat, eps_hat], dim=1)
+    return out.to(z.dtype)
+
+
+def gaussian_model(param: str):
+    """model(z, t) for pd_fast."""
+    return lambda z, t: gaussian_out_torch(z, t, param)
+
+
+def gaussian_model_ref(param: str, dtype: str):
+    """The same network for pd_ref: it sees z and t rounded to `dtype` (as pd_fast's model does)
+    and its output is rounded to `dtype` (as pd_fast's model returns it)."""
+
+    def model(z: np.ndarray, t: np.ndarray) -> np.ndarray:
+        z_d = torch.from_numpy(np.asarray(z, dtype=np.float64)).to(DTYPES[dtype])
+        t_d = torch.from_numpy(np.asarray(t, dtype=np.float64)).to(DTYPES[dtype])
+        return to_np(gaussian_out_torch(z_d, t_d, param))
+
+    return model

@@ -1,0 +1,146 @@
+"""pd_fast on a CUDA device, both backends (the Triton kernels compiled for the GPU, and torch),
+against pd_ref (float64) with the tolerances of tests/tolerances.py; and the CUDA-graph sampler
+against the eager one. Skipped where CUDA is absent (conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pd_fast
+import pd_ref
+
+from .fast_support import (
+    DTYPES,
+    analytic_grad,
+    ancestral_scale,
+    as_torch,
+    assert_close,
+    check_loss_and_grad,
+    ddim_scale,
+    fast_schedule,
+    gaussian_model,
+    gaussian_model_ref,
+    per_example,
+    predict_scale,
+    ref_sample,
+    ref_schedule,
+    target_scale,
+    teacher_target_scale,
+    to_np,
+)
+from .strategies import PARAMS, out_shape
+from .tolerances import FP32_RTOL, OUT_RTOL, SAMPLER_GAIN
+
+pytestmark = pytest.mark.gpu
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+SHAPE = (3, 4, 33, 65)  # several kernel blocks per example, odd sizes
+
+
+def _coefs(rng, batch: int, steps: int = 1000):
+    """Per-example (alpha_t, sigma_t, alpha_s, sigma_s) on the cosine grid, t = 1 and t = 1/N included."""
+    i = np.concatenate([[steps, 1], rng.integers(2, steps, batch - 2)])
+    cos = pd_ref.CosineSchedule()
+    return (*cos.alpha_sigma(i / steps), *cos.alpha_sigma((i - 1) / steps))
+
+
+def test_cuda_tensors_default_to_triton(monkeypatch):
+    monkeypatch.delenv("PD_FAST_BACKEND", raising=False)
+    assert pd_fast.backend_for(torch.zeros(1, device="cuda")) == "triton"
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("param", PARAMS)
+def test_steps_on_cuda_match_ref(cuda_backend, param, dtype):
+    rng = np.random.default_rng(0)
+    coefs = _coefs(rng, SHAPE[0])
+    z = as_torch(rng.standard_normal(SHAPE), dtype, "transposed", "cuda")
+    out = as_torch(rng.standard_normal(out_shape(SHAPE, param)), dtype, "sliced", "cuda")
+    noise = as_torch(rng.standard_normal(SHAPE), dtype, "contiguous", "cuda")
+    z_r, out_r, noise_r = to_np(z), to_np(out), to_np(noise)
+    args = [torch.tensor(c, device="cuda") for c in coefs]
+    c = [per_example(v, len(SHAPE)) for v in coefs]
+    for clip in (False, True):
+        fast = pd_fast.ddim_step(z, out, *args, param, clip, 0.5, noise)
+        ref = pd_ref.ddim_step(z_r, out_r, *coefs, param, clip, 0.5, noise_r)
+        assert_close(fast, ref, dtype, ddim_scale(param, z_r, out_r, *c, clip, noise_r), "ddim_step")
+        fast = pd_fast.ancestral_step(z, out, *args, param, noise, "fixed_small", clip)
+        ref = pd_ref.ancestral_step(z_r, out_r, *coefs, param, noise_r, "fixed_small", clip)
+        assert_close(fast, ref, dtype, ancestral_scale(param, z_r, out_r, *c, clip, noise_r), "ancestral")
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("param", PARAMS)
+def test_fused_loss_on_cuda_matches_ref(cuda_backend, param, dtype):
+    rng = np.random.default_rng(1)
+    alpha_t, sigma_t, alpha_tpp, sigma_tpp = _coefs(rng, SHAPE[0])
+    c = [per_example(v, len(SHAPE)) for v in (alpha_t, sigma_t, alpha_tpp, sigma_tpp)]
+    x, eps = rng.uniform(-1, 1, SHAPE), rng.standard_normal(SHAPE)
+    z_t = as_torch(c[0] * x + c[1] * eps, dtype, "contiguous", "cuda")
+    z_tpp = as_torch(c[2] * x + c[3] * eps, "float32", "contiguous", "cuda")  # as teacher_two_step returns
+    out = as_torch(rng.standard_normal(out_shape(SHAPE, param)), dtype, "channels_last", "cuda")
+    out.requires_grad_(True)
+    coefs = [torch.tensor(v, device="cuda") for v in (alpha_t, sigma_t, alpha_tpp, sigma_tpp)]
+    loss = pd_fast.fused_distill_loss(out, z_t, z_tpp, *coefs, param, "snr_trunc")
+    incoming = rng.uniform(-2, 2, SHAPE[0])
+    loss.backward(torch.tensor(incoming, dtype=torch.float32, device="cuda"))
+
+    z_r, zpp_r, out_r = to_np(z_t), to_np(z_tpp), to_np(out)
+    xt_r = pd_ref.two_step_target(z_r, zpp_r, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
+    ref_loss = pd_ref.distill_loss(out_r, z_r, xt_r, alpha_t, sigma_t, param, "snr_trunc")
+    w = per_example(pd_ref.loss_weight(alpha_t, sigma_t, "snr_trunc"), len(SHAPE))
+    ref_grad, factor = analytic_grad(param, z_r, out_r, xt_r, c[0], c[1], w)
+    x_scale, _ = predict_scale(param, z_r, out_r, c[0], c[1], False)
+    diff_scale = x_scale + target_scale(z_r, zpp_r, *c)
+    check_loss_and_grad(param, dtype, loss, out.grad, incoming, ref_loss, w, ref_grad, factor, diff_scale)
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_teacher_target_on_cuda_matches_ref(cuda_backend, param):
+    rng = np.random.default_rng(2)
+    steps, dtype = 8192, "float32"
+    t = np.array([1.0, 1 / steps, 4097 / steps])
+    z = as_torch(rng.standard_normal((3, 4, 9, 7)), dtype, "contiguous", "cuda")
+    schedule = pd_fast.CosineSchedule()
+    fast = pd_fast.teacher_target(
+        gaussian_model(param), z, torch.tensor(t, device="cuda"), steps, schedule, param
+    )
+    teacher_ref = gaussian_model_ref(param, dtype)
+    ref = pd_ref.teacher_target(teacher_ref, to_np(z), t, steps, pd_ref.CosineSchedule(), param)
+    scale = teacher_target_scale(param, teacher_ref, to_np(z), t, steps, pd_ref.CosineSchedule())
+    assert_close(fast, ref, dtype, scale, "teacher_target")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_sample_on_cuda_matches_ref(cuda_backend, sampler):
+    """Noise: one randn per step but the last from a CUDA generator seeded with `seed`."""
+    rng = np.random.default_rng(3)
+    param, steps, dtype, seed, eta = "v", 6, "float32", 7, 0.3
+    z = as_torch(rng.standard_normal((2, 3, 8, 8)), dtype, "contiguous", "cuda")
+    model, schedule = gaussian_model(param), fast_schedule("cosine")
+    fast = pd_fast.sample(model, z, steps, schedule, param, False, sampler, eta, seed, "fixed_large")
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    noises = [to_np(torch.randn(z.shape, generator=generator, device="cuda")) for _ in range(steps - 1)]
+    model_ref = gaussian_model_ref(param, dtype)
+    ref, scales = ref_sample(
+        model_ref, to_np(z), steps, ref_schedule("cosine"), param, False, sampler, eta, "fixed_large", noises
+    )
+    assert_close(fast, ref, dtype, SAMPLER_GAIN * (1.0 + OUT_RTOL[dtype] / FP32_RTOL) * scales, "sample")
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize(
+    ("sampler", "eta", "seed"), [("ddim", 0.0, None), ("ddim", 0.5, 11), ("ancestral", 0.0, 12)]
+)
+def test_cuda_graph_sample_equals_eager(cuda_backend, sampler, eta, seed, dtype):
+    """The captured loop replays the eager loop's kernels on the same inputs (and, seeded, the same
+    noise): bitwise equal."""
+    z = torch.randn(3, 4, 16, 16, device="cuda").to(DTYPES[dtype])
+    for param in PARAMS:
+        args = (gaussian_model(param), z, 12, pd_fast.CosineSchedule(), param, True, sampler, eta, seed)
+        eager = pd_fast.sample(*args)
+        graphed = pd_fast.sample(*args, cuda_graph=True)
+        torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
+        if seed is not None:  # the noise matters, and a new seed gives a new sample
+            assert not torch.equal(graphed, pd_fast.sample(*args[:-1], seed + 1, cuda_graph=True))
