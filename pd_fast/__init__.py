@@ -54,3 +54,26 @@ __all__ += [
     "schedule_to_dict",
 ]
 # --- end training ---
+
+# --- models, data, evaluation, CLI (owner: main-job helper; issue 4) ---
+from .data import Dataset, load_data  # noqa: E402  (after the __all__ += of the block above)
+from .evaluation import (  # noqa: E402
+    evaluate_models,
+    frechet_distance,
+    frechet_distance_samples,
+    make_evaluator,
+)
+from .models import ResidualMLP, UNet, build_model  # noqa: E402
+
+__all__ += [
+    "ResidualMLP",
+    "UNet",
+    "build_model",
+    "Dataset",
+    "load_data",
+    "frechet_distance",
+    "frechet_distance_samples",
+    "make_evaluator",
+    "evaluate_models",
+]
+# --- end models, data, evaluation, CLI ---
