@@ -1,0 +1,250 @@
+"""What both benchmark scripts share: the machine description, timing, and the JSON/PNG output.
+
+Timing: warm-up runs first (untimed), then repeats; the statistic reported is the median.
+On CPU a run is timed with `time.perf_counter`; on CUDA with CUDA events around the run (the
+device finishes before the clock stops). `bench_kernel` uses `triton.testing.do_bench` on CUDA
+(it flushes the L2 cache between runs), else the same loop.
+
+Importing this module also makes the repository's packages (`pd_ref`, `pd_fast`) importable when a
+script is run from a clone without `pip install -e .` (the scripts' folder is then on sys.path,
+the repository root is not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+if importlib.util.find_spec("pd_fast") is None:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else `platform.processor()`."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def triton_version() -> str | None:
+    """triton's version, or None where it is not installed (or does not import)."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    try:
+        import triton
+    except Exception:  # a broken install counts as missing
+        return None
+    return triton.__version__
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def load_note(threads: int) -> str | None:
+    """A warning when the machine is busier than it has cores: multi-threaded CPU timings are then
+    inflated (a parallel region waits for its slowest, descheduled thread)."""
+    load, cores = loadavg(), os.cpu_count() or 1
+    if load is None or load[0] <= cores:
+        return None
+    return f"load average {load[0]} exceeds the {cores} cores: timings are inflated" + (
+        " (with several torch threads badly; --threads 1 suffers less)" if threads > 1 else ""
+    )
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What ran the benchmark: CPU model and cores, torch threads, GPU name, library versions."""
+    info: dict[str, Any] = {
+        "device": device.type,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu_name": None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "triton": triton_version(),
+        "numpy": np.__version__,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu_name"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda where available, else cpu; 'cuda' without a GPU is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Milliseconds of one call of `fn`: CUDA events on CUDA, `time.perf_counter` elsewhere."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return float(start.elapsed_time(end))
+    begin = time.perf_counter()
+    fn()
+    return (time.perf_counter() - begin) * 1e3
+
+
+def measure(
+    fn: Callable[[], Any],
+    device: torch.device,
+    warmup: int = 1,
+    repeats: int = 5,
+    budget_s: float | None = None,
+) -> list[float]:
+    """`warmup` untimed calls, then up to `repeats` timed calls (ms each). With `budget_s`, the
+    repeats stop once their sum passes the budget (at least one timed call always runs)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    samples: list[float] = []
+    for _ in range(max(1, repeats)):
+        samples.append(time_once(fn, device))
+        if budget_s is not None and sum(samples) > 1e3 * budget_s:
+            break
+    return samples
+
+
+def bench_kernel(
+    fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 10
+) -> tuple[float, int]:
+    """(median ms, number of timed runs) of one kernel-sized call. On CUDA with triton:
+    `triton.testing.do_bench(return_mode="median")` (25 ms warm-up, 100 ms of repeats, L2 flushed
+    between runs; its run count is not returned, reported as -1); otherwise `measure`."""
+    if device.type == "cuda" and triton_version() is not None:
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")), -1
+    samples = measure(fn, device, warmup=warmup, repeats=repeats)
+    return statistics.median(samples), len(samples)
+
+
+def capture(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """`fn` captured in a CUDA graph, after one warm-up call on a side stream (kernels compiled,
+    library workspaces allocated before capture). Returns a call that replays the graph and gives
+    the captured call's (static) result."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = fn()
+
+    def replay() -> Any:
+        graph.replay()
+        return result
+
+    return replay
+
+
+@contextlib.contextmanager
+def env(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) an environment variable for the block, then restore it."""
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads: `threads`, or every core when None. Returns what is in effect."""
+    n = threads if threads is not None else (os.cpu_count() or 1)
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
+def finite_or_none(x: float | None, digits: int = 6) -> float | None:
+    """A float rounded to `digits` significant digits for the JSON, None for None/NaN/inf."""
+    if x is None or not np.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot with the non-interactive Agg backend, or None where matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table; `columns` are (key, header, format spec) and None prints as '-'."""
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, spec in columns:
+            value = row.get(key)
+            line.append("-" if value is None else format(value, spec))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    text = [" ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    text.insert(1, " ".join("-" * w for w in widths))
+    return "\n".join(text)

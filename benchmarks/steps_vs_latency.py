@@ -1,0 +1,601 @@
+"""How long N-step sampling takes, what one step costs, and how much of a step is the update
+rather than the network (issue 5). Usage: `python benchmarks/steps_vs_latency.py [--quick]`.
+
+For every N in `--steps`, every model (the built-in `ResidualMLP` and `UNet`, sizes by flag) and
+every backend available here, it times the full DDIM sampler (eta = 0, param 'v', cosine schedule,
+fp32), and, separately, one network call and one update (the step from the network output to
+z_s) as the sampler runs them. Backends:
+
+- `pd_ref`: `pd_ref.sample` (NumPy, float64). Its network is the *same* torch model behind a NumPy
+  wrapper (array -> fp32 tensor -> model -> float64 array; the conversions count as network time):
+  every backend then runs the identical network with identical weights, so differences are the
+  sampler's. A NumPy port of the UNet would time NumPy's convolutions instead, and be a second
+  network to keep equal to the first.
+- `naive_torch`: the loop a user writes by hand: per step the schedule as Python floats, then
+  `x_hat = alpha_t*z - sigma_t*v`, `eps_hat = sigma_t*z + alpha_t*v`, `z = alpha_s*x_hat + sigma_s*eps_hat`.
+- `pd_fast_torch`: `pd_fast.sample` with `PD_FAST_BACKEND=torch`.
+- `triton` (CUDA only): `pd_fast.sample` on the default CUDA path (fused Triton step), eager launches.
+- `triton_graph` (CUDA only): the same loop captured in one CUDA graph; the replay is timed, the
+  capture is not (`capture_ms_64_steps` records one `pd_fast.sample(..., cuda_graph=True)` call
+  with N = 64, which captures and replays once). Its network and update times are replays of
+  graphs of 16 calls, over 16.
+
+Per point: `--warmup` untimed runs (dropped for long runs), then up to `--repeats` timed runs
+within `--budget` seconds; the median is reported. Writes `steps_vs_latency.json` and
+`steps_vs_latency.png` into `--out`. Times depend on the machine and its load: the JSON records the
+machine, the date and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _common
+import numpy as np
+import torch
+from torch import nn
+
+import pd_fast
+import pd_ref
+from pd_fast.models import ResidualMLP, UNet
+
+BACKENDS = ("pd_ref", "naive_torch", "pd_fast_torch", "triton", "triton_graph")
+MODELS = ("mlp", "unet")
+PARAM = "v"
+GRAPH_CALLS = 16  # calls per captured graph when timing one network call / one update in a graph
+CHECK_STEPS = 4  # the step count of the consistency check against pd_ref
+
+
+class Unavailable(Exception):
+    """A backend that cannot run here; the message says why."""
+
+
+@dataclass
+class Backend:
+    """What the benchmark times for one backend and one model."""
+
+    name: str
+    prepare: Callable[[int], Callable[[], Any]]  # N -> a call running N-step sampling
+    network: Callable[[], Any]  # one network call
+    update: Callable[[], Any]  # one update, as the sampler runs it
+    network_note: str
+    update_note: str
+    env: str | None = None  # PD_FAST_BACKEND while it runs
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--steps must be comma-separated integers, got {text!r}") from err
+    if not steps or steps[0] < 1:
+        raise argparse.ArgumentTypeError(f"--steps must be positive integers, got {text!r}")
+    return steps
+
+
+def parse_names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}, got {text!r}")
+        return names
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--steps",
+        type=parse_steps,
+        default=None,
+        help="comma-separated step counts (default 1,2,4,...,1024; --quick: 1,...,64)",
+    )
+    p.add_argument("--models", type=parse_names(MODELS), default=list(MODELS))
+    p.add_argument(
+        "--backends",
+        type=parse_names(BACKENDS),
+        default=list(BACKENDS),
+        help="those unavailable here are skipped with the reason printed",
+    )
+    p.add_argument("--batch", type=int, default=None, help="examples per batch (default 64; --quick 16)")
+    p.add_argument("--mlp-dim", type=int, default=64, help="MLP data dimension (64 = flattened 8x8 digits)")
+    p.add_argument("--mlp-hidden", type=int, default=256)
+    p.add_argument("--mlp-depth", type=int, default=3)
+    p.add_argument("--unet-channels", type=int, default=1)
+    p.add_argument("--unet-size", type=int, default=8, help="UNet image height = width")
+    p.add_argument("--unet-ch", type=int, default=32)
+    p.add_argument("--unet-blocks", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per point (skipped for long runs)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per point (default 5; --quick 3)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed runs per point before repeats stop (default 4; --quick 0.5)",
+    )
+    p.add_argument("--out", type=Path, default=_common.RESULTS, help="output folder")
+    p.add_argument("--quick", action="store_true", help="small run: under a minute on 2 CPU cores")
+    return p
+
+
+def settle(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the defaults that depend on --quick and check the numbers."""
+    quick = args.quick
+    if args.steps is None:
+        args.steps = [2**k for k in range(7 if quick else 11)]
+    if args.batch is None:
+        args.batch = 16 if quick else 64
+    if args.repeats is None:
+        args.repeats = 3 if quick else 5
+    if args.budget is None:
+        args.budget = 0.5 if quick else 4.0
+    for name in (
+        "batch",
+        "mlp_dim",
+        "mlp_hidden",
+        "mlp_depth",
+        "unet_channels",
+        "unet_ch",
+        "unet_blocks",
+        "repeats",
+    ):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.unet_size < 2:
+        raise ValueError(f"--unet-size must be >= 2, got {args.unet_size}")
+    if args.warmup < 0 or args.budget <= 0:
+        raise ValueError("--warmup must be >= 0 and --budget > 0")
+    return args
+
+
+def build(kind: str, args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+    """The fixed network and the starting noise z_1. The zero-initialised last layer gets small
+    random weights, so that the output (and the sampler's arithmetic) is not trivially zero."""
+    if kind == "mlp":
+        model: nn.Module = ResidualMLP(
+            args.mlp_dim, hidden=args.mlp_hidden, depth=args.mlp_depth, param=PARAM
+        )
+        shape: tuple[int, ...] = (args.mlp_dim,)
+    else:
+        model = UNet(args.unet_channels, ch=args.unet_ch, blocks=args.unet_blocks, param=PARAM)
+        shape = (args.unet_channels, args.unet_size, args.unet_size)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.out.parameters():
+            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    z = torch.randn((args.batch, *shape), generator=gen)
+    return model.to(device).eval(), z.to(device)
+
+
+def model_summary(model: nn.Module, z: torch.Tensor) -> dict[str, Any]:
+    return {
+        "config": model.config,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data_shape": list(z.shape[1:]),
+        "elements_per_batch": z.numel(),
+    }
+
+
+# --- the backends -------------------------------------------------------------------------------
+
+
+def naive_sample(model: nn.Module, z: torch.Tensor, steps: int, schedule: Any) -> torch.Tensor:
+    """The sampler a user writes by hand: DDIM (eta = 0) with v-prediction ([PD] Eq. 7, SPEC
+    sections 2-3), one formula per line, the schedule as Python floats."""
+    t_ones = torch.ones(z.shape[0], device=z.device, dtype=z.dtype)
+    for i in range(steps, 0, -1):
+        alpha_t, sigma_t = (float(c) for c in schedule.alpha_sigma(i / steps))
+        v = model(z, t_ones * (i / steps))
+        x_hat = alpha_t * z - sigma_t * v
+        if i == 1:
+            return x_hat
+        eps_hat = sigma_t * z + alpha_t * v
+        alpha_s, sigma_s = (float(c) for c in schedule.alpha_sigma((i - 1) / steps))
+        z = alpha_s * x_hat + sigma_s * eps_hat
+    raise AssertionError("unreachable: steps >= 1")
+
+
+def _pd_fast_update(model: nn.Module, z: torch.Tensor, backend: str) -> tuple[Callable[[], Any], str]:
+    """One update as `pd_fast.sample` runs it (private `sampling._plan` / `_apply`: coefficients
+    prepared before the loop, no argument checks); the public `pd_fast.ddim_step` (with its checks)
+    where those private names have changed."""
+    schedule = pd_fast.CosineSchedule()
+    t = torch.full((z.shape[0],), 0.5, device=z.device)
+    out = model(z, t)
+    try:
+        from pd_fast import sampling
+
+        plan = sampling._plan(z, 4, schedule, "ddim", 0.0, "fixed_large", backend)
+        coefs = plan.coefs[2]  # the step t = 2/4 -> s = 1/4
+        sampling._apply(backend, z, out, coefs, PARAM, False, None)
+        note = "pd_fast.sampling._apply"
+        return (lambda: sampling._apply(backend, z, out, coefs, PARAM, False, None)), note
+    except (AttributeError, ImportError, TypeError, ValueError):
+        a_t, s_t = schedule.alpha_sigma(0.5)
+        a_s, s_s = schedule.alpha_sigma(0.25)
+        note = "pd_fast.ddim_step (public, with its checks)"
+        return (lambda: pd_fast.ddim_step(z, out, a_t, s_t, a_s, s_s, PARAM)), note
+
+
+def make_pd_ref(model: nn.Module, z: torch.Tensor) -> Backend:
+    device, dtype = z.device, z.dtype
+
+    def network_np(z_np: np.ndarray, t_np: np.ndarray) -> np.ndarray:
+        z_t = torch.from_numpy(np.ascontiguousarray(z_np)).to(device=device, dtype=dtype)
+        t_t = torch.from_numpy(np.ascontiguousarray(t_np)).to(device=device, dtype=dtype)
+        return model(z_t, t_t).double().cpu().numpy()
+
+    schedule = pd_ref.CosineSchedule()
+    z_np = z.double().cpu().numpy()
+    t_np = np.full(z.shape[0], 0.5)
+    out_np = network_np(z_np, t_np)
+    a_t, s_t = schedule.alpha_sigma(0.5)
+    a_s, s_s = schedule.alpha_sigma(0.25)
+    return Backend(
+        "pd_ref",
+        prepare=lambda n: lambda: pd_ref.sample(network_np, z_np, n, schedule, PARAM),
+        network=lambda: network_np(z_np, t_np),
+        update=lambda: pd_ref.ddim_step(z_np, out_np, a_t, s_t, a_s, s_s, PARAM),
+        network_note="torch model behind a NumPy wrapper (conversions included)",
+        update_note="pd_ref.ddim_step, float64 (with its argument checks, as pd_ref.sample calls it)",
+    )
+
+
+def make_naive(model: nn.Module, z: torch.Tensor) -> Backend:
+    schedule = pd_fast.CosineSchedule()
+    t = torch.full((z.shape[0],), 0.5, device=z.device)
+    v = model(z, t)
+    a_t, s_t = (float(c) for c in schedule.alpha_sigma(0.5))
+    a_s, s_s = (float(c) for c in schedule.alpha_sigma(0.25))
+
+    def update() -> torch.Tensor:
+        x_hat = a_t * z - s_t * v
+        eps_hat = s_t * z + a_t * v
+        return a_s * x_hat + s_s * eps_hat
+
+    return Backend(
+        "naive_torch",
+        prepare=lambda n: lambda: naive_sample(model, z, n, schedule),
+        network=lambda: model(z, t),
+        update=update,
+        network_note="the torch model",
+        update_note="x_hat, eps_hat, z_s as three torch expressions",
+    )
+
+
+def make_pd_fast(model: nn.Module, z: torch.Tensor, name: str) -> Backend:
+    backend = "torch" if name == "pd_fast_torch" else "triton"
+    if backend == "triton":
+        if z.device.type != "cuda":
+            raise Unavailable("the Triton path needs a CUDA device (none here); the interpreter is not timed")
+        if _common.triton_version() is None:
+            raise Unavailable("triton is not installed")
+    schedule = pd_fast.CosineSchedule()
+    t = torch.full((z.shape[0],), 0.5, device=z.device)
+    with _common.env("PD_FAST_BACKEND", backend):
+        update, update_note = _pd_fast_update(model, z, backend)
+    return Backend(
+        name,
+        prepare=lambda n: lambda: pd_fast.sample(model, z, n, schedule, PARAM),
+        network=lambda: model(z, t),
+        update=update,
+        network_note="the torch model",
+        update_note=update_note + (" (fused Triton kernel)" if backend == "triton" else " (torch ops)"),
+        env=backend,
+    )
+
+
+def make_triton_graph(model: nn.Module, z: torch.Tensor) -> Backend:
+    if z.device.type != "cuda":
+        raise Unavailable("CUDA graphs need a CUDA device (none here)")
+    if _common.triton_version() is None:
+        raise Unavailable("triton is not installed")
+    try:
+        from pd_fast import sampling
+
+        plan_fn, loop_fn = sampling._plan, sampling._loop
+    except (ImportError, AttributeError) as err:
+        raise Unavailable(f"pd_fast.sampling._plan/_loop (to capture the loop once) missing: {err}") from err
+    schedule = pd_fast.CosineSchedule()
+    device = z.device
+    static_z = z.clone()
+    t = torch.full((z.shape[0],), 0.5, device=device)
+
+    def prepare(n: int) -> Callable[[], Any]:
+        plan = plan_fn(static_z, n, schedule, "ddim", 0.0, "fixed_large", "triton")
+        return _common.capture(lambda: loop_fn(model, static_z, plan, PARAM, False, None, "triton"), device)
+
+    def capture_calls(fn: Callable[[], Any]) -> Callable[[], Any]:
+        return _common.capture(lambda: [fn() for _ in range(GRAPH_CALLS)], device)
+
+    with _common.env("PD_FAST_BACKEND", "triton"):
+        update, note = _pd_fast_update(model, static_z, "triton")
+        network_graph = capture_calls(lambda: model(static_z, t))
+        update_graph = capture_calls(update)
+    return Backend(
+        "triton_graph",
+        prepare=prepare,
+        network=network_graph,
+        update=update_graph,
+        network_note=f"the torch model, {GRAPH_CALLS} calls in one CUDA graph (times are per call)",
+        update_note=f"{note} (fused Triton kernel), {GRAPH_CALLS} calls in one CUDA graph (per call)",
+        env="triton",
+        extra={"per_call_divisor": GRAPH_CALLS},
+    )
+
+
+def make_backend(name: str, model: nn.Module, z: torch.Tensor) -> Backend:
+    if name == "pd_ref":
+        return make_pd_ref(model, z)
+    if name == "naive_torch":
+        return make_naive(model, z)
+    if name == "triton_graph":
+        return make_triton_graph(model, z)
+    return make_pd_fast(model, z, name)
+
+
+# --- the measurement ----------------------------------------------------------------------------
+
+
+def check_against_pd_ref(bk: Backend, reference: np.ndarray) -> float:
+    """max |x_hat - x_hat_pd_ref| after CHECK_STEPS steps: every backend must sample the same thing."""
+    result = bk.prepare(CHECK_STEPS)()
+    x = result if isinstance(result, np.ndarray) else result.double().cpu().numpy()
+    return float(np.max(np.abs(x - reference)))
+
+
+def per_call(samples: list[float], bk: Backend, which: str) -> float:
+    divisor = bk.extra.get("per_call_divisor", 1) if which in ("network", "update") else 1
+    return statistics.median(samples) / divisor
+
+
+def bench_backend(
+    bk: Backend, kind: str, model: nn.Module, z: torch.Tensor, args: argparse.Namespace, reference: np.ndarray
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    device = z.device
+    with _common.env("PD_FAST_BACKEND", bk.env):
+        warm = bk.prepare(2)
+        for _ in range(2):
+            warm()
+        network_ms = per_call(_common.measure(bk.network, device, 3, 20, budget_s=1.0), bk, "network")
+        update_ms = per_call(_common.measure(bk.update, device, 3, 20, budget_s=1.0), bk, "update")
+        max_diff = check_against_pd_ref(bk, reference)
+        info: dict[str, Any] = {
+            "network": bk.network_note,
+            "update": bk.update_note,
+            "network_ms": _common.finite_or_none(network_ms),
+            "update_ms": _common.finite_or_none(update_ms),
+            f"max_abs_diff_vs_pd_ref_at_{CHECK_STEPS}_steps": _common.finite_or_none(max_diff, 3),
+        }
+        if bk.name == "triton_graph":
+            begin = time.perf_counter()
+            pd_fast.sample(model, z, 64, pd_fast.CosineSchedule(), PARAM, cuda_graph=True)
+            _common.sync(device)
+            info["capture_ms_64_steps"] = _common.finite_or_none((time.perf_counter() - begin) * 1e3)
+        diff = info[f"max_abs_diff_vs_pd_ref_at_{CHECK_STEPS}_steps"]
+        print(
+            f"{bk.name:>13} / {kind}: network {network_ms:.3g} ms, update {update_ms:.3g} ms, "
+            f"max |x_hat - pd_ref| {diff:.2g}; N =",
+            end="",
+            flush=True,
+        )
+        rows = []
+        last_ms, last_n = None, None
+        for n in args.steps:
+            print(f" {n}", end="", flush=True)
+            run = bk.prepare(n)
+            long = last_ms is not None and last_ms * n / last_n > args.budget / 4 * 1e3
+            samples = _common.measure(
+                run, device, warmup=0 if long else args.warmup, repeats=args.repeats, budget_s=args.budget
+            )
+            total = statistics.median(samples)
+            last_ms, last_n = total, n
+            per_step = total / n
+            rows.append({
+                "backend": bk.name, "model": kind, "batch": z.shape[0], "steps": n,
+                "total_ms": _common.finite_or_none(total),
+                "per_step_ms": _common.finite_or_none(per_step),
+                "network_ms": _common.finite_or_none(network_ms),
+                "update_ms": _common.finite_or_none(update_ms),
+                "update_share": _common.finite_or_none(update_ms / per_step, 3),
+                "other_ms": _common.finite_or_none(per_step - network_ms - update_ms),
+                "total_ms_min": _common.finite_or_none(min(samples)),
+                "total_ms_max": _common.finite_or_none(max(samples)),
+                "repeats": len(samples),
+            })  # fmt: skip
+            del run
+        print(flush=True)
+    return rows, info
+
+
+COLUMNS = [
+    ("backend", "backend", "s"), ("model", "model", "s"), ("steps", "N", "d"),
+    ("total_ms", "total ms", ".3g"), ("per_step_ms", "ms/step", ".3g"), ("network_ms", "net ms", ".3g"),
+    ("update_ms", "update ms", ".3g"), ("update_share", "update share", ".1%"), ("repeats", "runs", "d"),
+]  # fmt: skip
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """At a glance: total ms per N (rows) and backend (columns), one block per model, then each
+    backend's ms per step and update share at the largest N (markdown, for a README)."""
+    lines = []
+    for model in MODELS:
+        sel = [r for r in rows if r["model"] == model]
+        names = [b for b in BACKENDS if any(r["backend"] == b for r in sel)]
+        if not names:
+            continue
+        lines += [f"\n{model}: total latency (ms, median)\n", "| N | " + " | ".join(names) + " |",
+                  "|---:|" + "---:|" * len(names)]  # fmt: skip
+        by_key = {(r["backend"], r["steps"]): r for r in sel}
+        for n in sorted({r["steps"] for r in sel}):
+            cells = [by_key.get((b, n), {}).get("total_ms") for b in names]
+            lines.append(f"| {n} | " + " | ".join(_ms(c) for c in cells) + " |")
+        last = max(r["steps"] for r in sel)
+        cells = [by_key.get((b, last), {}) for b in names]
+        shares = [f"{_ms(c['per_step_ms'])} ({c['update_share']:.1%} update)" if c else "-" for c in cells]
+        lines.append(f"| ms/step at N={last} | " + " | ".join(shares) + " |")
+    return "\n".join(lines)
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> str | None:
+    """Left: total latency vs steps (log-log), one line per backend x model. Right: where a step's
+    time goes at the largest N (network / update / rest, as shares, per-step ms written on the bar)."""
+    plt = _common.pyplot()
+    if plt is None:
+        return "matplotlib is not installed"
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    colors = dict(zip(BACKENDS, ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:red"), strict=True))
+    styles = {"mlp": ("-", "o"), "unet": ("--", "s")}
+    pairs = sorted(
+        {(r["backend"], r["model"]) for r in rows}, key=lambda p: (MODELS.index(p[1]), BACKENDS.index(p[0]))
+    )
+    bars = []
+    for backend, model in pairs:
+        sel = [r for r in rows if (r["backend"], r["model"]) == (backend, model) and r["total_ms"]]
+        if not sel:
+            continue
+        line, marker = styles[model]
+        ax.plot(
+            [r["steps"] for r in sel],
+            [r["total_ms"] for r in sel],
+            line,
+            marker=marker,
+            ms=4,
+            color=colors[backend],
+            label=f"{backend} / {model}",
+        )
+        bars.append((f"{backend} / {model}", sel[-1]))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling steps N")
+    ax.set_ylabel("total latency (ms, median)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    for i, (_, r) in enumerate(bars):
+        net, upd = max(r["network_ms"] or 0.0, 0.0), max(r["update_ms"] or 0.0, 0.0)
+        rest = max(r["per_step_ms"] - net - upd, 0.0)
+        total = net + upd + rest or 1.0
+        left = 0.0
+        for value, color, name in (
+            (net, "tab:blue", "network"),
+            (upd, "tab:red", "update"),
+            (rest, "tab:gray", "rest = step - network - update"),
+        ):
+            bx.barh(i, value / total, left=left, color=color, label=name if i == 0 else None)
+            left += value / total
+        bx.text(1.01, i, f"{r['per_step_ms']:.3g} ms/step", va="center", fontsize=7)
+    bx.set_yticks(range(len(bars)), [f"{label} (N={r['steps']})" for label, r in bars], fontsize=7)
+    bx.set_xlim(0, 1.3)
+    bx.set_xlabel("share of one step")
+    bx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.4, -0.12), ncol=3)
+    bx.set_title("where a step's time goes (largest N)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns what it writes to `steps_vs_latency.json`."""
+    args = settle(build_parser().parse_args(argv))
+    wall_start = time.perf_counter()
+    device = _common.pick_device(args.device)
+    threads = _common.set_threads(args.threads)
+    load_start, date = _common.loadavg(), _common.now_utc()
+    machine = _common.machine(device)
+    print(
+        f"# steps_vs_latency on {machine['gpu_name'] or machine['cpu_model']} ({device.type}, "
+        f"{threads} torch threads), torch {machine['torch']}, triton {machine['triton']}; {date}, "
+        f"load average {load_start}"
+    )
+    notes = [n for n in [_common.load_note(threads)] if n]
+    for note in notes:
+        print(f"note: {note}")
+    rows: list[dict[str, Any]] = []
+    backends: dict[str, dict[str, Any]] = {}
+    skipped: list[dict[str, str]] = []
+    models: dict[str, Any] = {}
+    with torch.inference_mode():
+        for kind in args.models:
+            model, z = build(kind, args, device)
+            models[kind] = model_summary(model, z)
+            reference = make_pd_ref(model, z).prepare(CHECK_STEPS)()
+            for name in args.backends:
+                try:
+                    bk = make_backend(name, model, z)
+                    new_rows, info = bench_backend(bk, kind, model, z, args, reference)
+                except Unavailable as err:
+                    if not any(s["backend"] == name for s in skipped):
+                        print(f"skip {name}: {err}")
+                        skipped.append({"backend": name, "reason": str(err)})
+                    continue
+                except Exception as err:  # a backend that breaks is reported, never fatal
+                    reason = f"failed on model {kind}: {type(err).__name__}: {err}"
+                    print(f"\nskip {name}: {reason}")
+                    skipped.append({"backend": name, "model": kind, "reason": reason})
+                    continue
+                rows.extend(new_rows)
+                backends[f"{name}/{kind}"] = info
+    print()
+    print(_common.table(rows, COLUMNS))
+    print(summary(rows))
+    wall = time.perf_counter() - wall_start
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings.update(
+        device=str(device),
+        dtype="float32 (pd_ref: float64)",
+        param=PARAM,
+        sampler="ddim, eta=0",
+        schedule="cosine (logsnr -20..20)",
+    )
+    payload = {
+        "benchmark": "steps_vs_latency",
+        "machine": machine,
+        "date": date,
+        "loadavg_start": load_start,
+        "loadavg_end": _common.loadavg(),
+        "wall_s": round(wall, 1),
+        "settings": settings,
+        "timing": "per point: warm-up runs, then repeats within a time budget; median reported "
+        + ("(CUDA events)" if device.type == "cuda" else "(time.perf_counter)"),
+        "models": models,
+        "backends": backends,
+        "notes": notes,
+        "skipped": skipped,
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    _common.write_json(args.out / "steps_vs_latency.json", payload)
+    title = f"{machine['gpu_name'] or machine['cpu_model']}, {threads} threads, batch {args.batch}"
+    why = plot(rows, args.out / "steps_vs_latency.png", title)
+    if why:
+        print(f"no plot: {why}")
+    print(
+        f"\nwrote {args.out / 'steps_vs_latency.json'}"
+        + ("" if why else " and steps_vs_latency.png")
+        + f" in {wall:.1f} s"
+    )
+    return payload
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
