@@ -3,11 +3,14 @@ kernels for the per-element work on CUDA (`pd_fast.kernels`, imported lazily).
 
 The names of SPEC section 7 have pd_ref's semantics: fp32/fp16/bf16 tensors on any device,
 schedule coefficients in float64 then fp32, element arithmetic in fp32, outputs in the input dtype.
-`PD_FAST_BACKEND=torch|triton` forces a backend (see `backend_for`).
+`PD_FAST_BACKEND=torch|triton` forces a backend (see `backend_for`). Beyond the spec: the training
+loop (`train_teacher`, `progressive_distill`, see `pd_fast/training.py`), checkpoints, built-in
+networks and data, evaluation, and the command-line job (`python -m pd_fast`).
 """
 
-# --- core (SPEC section 7, module for module like pd_ref) ---
 from ._backend import backend_for
+from .checkpoint import load_model_checkpoint, save_model_checkpoint, schedule_from_dict, schedule_to_dict
+from .data import Dataset, load_data
 from .distillation import (
     distill_loss,
     fused_distill_loss,
@@ -16,12 +19,15 @@ from .distillation import (
     teacher_two_step,
     two_step_target,
 )
+from .evaluation import evaluate_models, frechet_distance, frechet_distance_samples, make_evaluator
+from .models import ResidualMLP, UNet, build_model
 from .parameterizations import predict_x_eps
 from .sampling import ancestral_step, ddim_step, sample
 from .schedules import CosineSchedule, DiscreteSchedule
+from .training import check_data, progressive_distill, train_teacher
 
 __all__ = [
-    # core (SPEC section 7)
+    # SPEC section 7
     "CosineSchedule",
     "DiscreteSchedule",
     "predict_x_eps",
@@ -32,19 +38,11 @@ __all__ = [
     "teacher_target",
     "loss_weight",
     "distill_loss",
-    # core extras (INTERFACES.md B)
+    # fused training path and dispatch
     "teacher_two_step",
     "fused_distill_loss",
     "backend_for",
-]
-
-# --- further groups (training, models, data, CLI) are appended below by their owners ---
-
-# --- training (owner: training helper; issue 4): see the docstring of pd_fast/training.py ---
-from .checkpoint import load_model_checkpoint, save_model_checkpoint, schedule_from_dict, schedule_to_dict
-from .training import check_data, progressive_distill, train_teacher
-
-__all__ += [
+    # training and checkpoints
     "train_teacher",
     "progressive_distill",
     "check_data",
@@ -52,20 +50,7 @@ __all__ += [
     "save_model_checkpoint",
     "schedule_from_dict",
     "schedule_to_dict",
-]
-# --- end training ---
-
-# --- models, data, evaluation, CLI (owner: main-job helper; issue 4) ---
-from .data import Dataset, load_data  # noqa: E402  (after the __all__ += of the block above)
-from .evaluation import (  # noqa: E402
-    evaluate_models,
-    frechet_distance,
-    frechet_distance_samples,
-    make_evaluator,
-)
-from .models import ResidualMLP, UNet, build_model  # noqa: E402
-
-__all__ += [
+    # networks, data, evaluation
     "ResidualMLP",
     "UNet",
     "build_model",
@@ -76,4 +61,3 @@ __all__ += [
     "make_evaluator",
     "evaluate_models",
 ]
-# --- end models, data, evaluation, CLI ---
