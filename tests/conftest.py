@@ -8,6 +8,8 @@
   the interpreter is off, so the "triton" variant skips there (with that reason): the Triton
   kernels are then tested on CUDA tensors by tests/test_fast_gpu.py, through `cuda_backend`.
 - `device`: "cpu", plus "cuda" marked `gpu` and skipped where CUDA is absent.
+- Hypothesis runs without its per-example deadline: the 2-core CI machine is shared, and a slow
+  example is not a wrong one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("pd", deadline=None)
+settings.load_profile("pd")
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
