@@ -1,13 +1,13 @@
-"""How close the fused kernels come to the memory limit (issue 5).
+"""How close the fused kernels come to the memory limit.
 Usage: `python benchmarks/kernels.py [--quick]`.
 
 Two operations, each over sizes of 2^12 .. 2^28 elements (flags; on CPU capped at 2^24 by default
 for time), in fp32 and bf16, on (B, M) tensors with B = `--batch` examples:
 
-- `step`: the sampler step, DDIM eta = 0 with v-prediction ([PD] Eq. 7, SPEC sections 2-3):
+- `step`: the sampler step, DDIM eta = 0 with v-prediction ([PD] Eq. 7, docs/spec.md sections 2-3):
   `x_hat = alpha_t*z - sigma_t*v`, `eps_hat = sigma_t*z + alpha_t*v`, `z_s = alpha_s*x_hat + sigma_s*eps_hat`.
   Must move: read z and out, write z_s (3 tensors).
-- `loss`: the distillation loss forward and backward ([PD] Algorithm 2 lines 9-10, SPEC sections 4-5):
+- `loss`: the distillation loss forward and backward ([PD] Algorithm 2 lines 9-10, docs/spec.md sections 4-5):
   `x_tilde = p*z_tpp + q*z_t`, `loss_b = w_b * mean_j (x_hat - x_tilde)^2` and its gradient with
   respect to out. Must move: read out, z_t and z_tpp, write the gradient (4 tensors; the (B,)
   coefficients and losses are not counted).
@@ -58,7 +58,7 @@ def step_torch(
     z: torch.Tensor, out: torch.Tensor, alpha_t: torch.Tensor, sigma_t: torch.Tensor,
     alpha_s: torch.Tensor, sigma_s: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
-    """DDIM step (eta = 0) from v-prediction ([PD] Eq. 7, SPEC sections 2-3) in fp32, returned in
+    """DDIM step (eta = 0) from v-prediction ([PD] Eq. 7, docs/spec.md sections 2-3) in fp32, returned in
     z's dtype. z, out: (B, M); coefficients (B, 1) fp32."""
     z32, v = z.float(), out.float()
     x_hat = alpha_t * z32 - sigma_t * v
@@ -70,7 +70,7 @@ def loss_torch(
     out: torch.Tensor, z_t: torch.Tensor, z_tpp: torch.Tensor, alpha_t: torch.Tensor, sigma_t: torch.Tensor,
     p: torch.Tensor, q: torch.Tensor, w: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
-    """Per-example distillation loss ([PD] Algorithm 2 lines 9-10, SPEC sections 4-5), v-prediction,
+    """Per-example distillation loss ([PD] Algorithm 2 lines 9-10, docs/spec.md sections 4-5), v-prediction,
     fp32: `w * mean_j (alpha_t*z_t - sigma_t*out - (p*z_tpp + q*z_t))^2`. Tensors (B, M);
     coefficients (B, 1) fp32. Returns (B,)."""
     z32 = z_t.float()
@@ -97,7 +97,7 @@ def with_grad(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch
 def coefficients(batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Per-example schedule values (cosine, float64, then fp32) at t spread over [0.3, 0.7] across
     the batch and s = t'' = t - 0.25, and the loss coefficients p = 1/den, q = -ratio/den,
-    w = max(SNR_t, 1) ([PD] Algorithm 2, SPEC sections 4-5)."""
+    w = max(SNR_t, 1) ([PD] Algorithm 2, docs/spec.md sections 4-5)."""
     schedule = pd_fast.CosineSchedule()
     t = torch.linspace(0.3, 0.7, batch, dtype=torch.float64)
     a_t, s_t = (c.cpu() for c in schedule.alpha_sigma(t))
@@ -119,7 +119,7 @@ def make_inputs(op: str, n: int, batch: int, dtype: torch.dtype, device: torch.d
 
 
 def reference(op: str, tensors: list[torch.Tensor], c: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The op in float64 with the closed-form gradient (SPEC section 5: d x_hat / d out = -sigma
+    """The op in float64 with the closed-form gradient (docs/spec.md section 5: d x_hat / d out = -sigma
     for 'v'): the independent check of every implementation."""
     d = {k: v.double()[:, None] for k, v in c.items()}
     if op == "step":
@@ -240,7 +240,7 @@ def graph_overhead(device: torch.device, steps: int, batch: int) -> dict[str, An
     captured N-step sampler loop (`pd_fast.sampling._loop`, Triton path) minus replay of a graph of
     the same N network calls, over N. Model: the built-in MLP (64 -> 256 x 3 blocks)."""
     from pd_fast import sampling
-    from pd_fast.models import ResidualMLP
+    from pd_fast.app.models import ResidualMLP
 
     model = ResidualMLP(64, hidden=256, depth=3, param="v").to(device).eval()
     z = torch.randn(batch, 64, device=device)
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     if targets:
         print(
-            "\nTargets (issue 5, measured on "
+            "\nTargets (measured on "
             + str(machine["gpu_name"])
             + "; worst case at >= 64 MiB moved):"
         )

@@ -1,5 +1,5 @@
 """How long N-step sampling takes, what one step costs, and how much of a step is the update
-rather than the network (issue 5). Usage: `python benchmarks/steps_vs_latency.py [--quick]`.
+rather than the network. Usage: `python benchmarks/steps_vs_latency.py [--quick]`.
 
 For every N in `--steps`, every model (the built-in `ResidualMLP` and `UNet`, sizes by flag) and
 every backend available here, it times the full DDIM sampler (eta = 0, param 'v', cosine schedule,
@@ -44,7 +44,7 @@ from torch import nn
 
 import pd_fast
 import pd_ref
-from pd_fast.models import ResidualMLP, UNet
+from pd_fast.app.models import ResidualMLP, UNet
 
 BACKENDS = ("pd_ref", "naive_torch", "pd_fast_torch", "triton", "triton_graph")
 MODELS = ("mlp", "unet")
@@ -192,7 +192,7 @@ def model_summary(model: nn.Module, z: torch.Tensor) -> dict[str, Any]:
 
 
 def naive_sample(model: nn.Module, z: torch.Tensor, steps: int, schedule: Any) -> torch.Tensor:
-    """The sampler a user writes by hand: DDIM (eta = 0) with v-prediction ([PD] Eq. 7, SPEC
+    """The sampler a user writes by hand: DDIM (eta = 0) with v-prediction ([PD] Eq. 7, docs/spec.md
     sections 2-3), one formula per line, the schedule as Python floats."""
     t_ones = torch.ones(z.shape[0], device=z.device, dtype=z.dtype)
     for i in range(steps, 0, -1):

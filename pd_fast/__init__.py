@@ -1,16 +1,23 @@
 """pd_fast: progressive distillation (Salimans & Ho, ICLR 2022) on torch tensors, with fused Triton
 kernels for the per-element work on CUDA (`pd_fast.kernels`, imported lazily).
 
-The names of SPEC section 7 have pd_ref's semantics: fp32/fp16/bf16 tensors on any device,
-schedule coefficients in float64 then fp32, element arithmetic in fp32, outputs in the input dtype.
-`PD_FAST_BACKEND=torch|triton` forces a backend (see `backend_for`). Beyond the spec: the training
-loop (`train_teacher`, `progressive_distill`, see `pd_fast/training.py`), checkpoints, built-in
-networks and data, evaluation, and the command-line job (`python -m pd_fast`).
+The math core (docs/spec.md section 7) has pd_ref's names and semantics: fp32/fp16/bf16 tensors on
+any device, schedule coefficients in float64 then fp32, element arithmetic in fp32, outputs in the
+input dtype. `PD_FAST_BACKEND=torch|triton` forces a backend (see `backend_for`).
+
+The application layer lives in `pd_fast.app` (training loop, checkpoints, built-in networks and
+data, evaluation, the command-line job `python -m pd_fast`). Its main names are importable from
+here as a convenience (`from pd_fast import train_teacher`); they are loaded on first use, so
+`import pd_fast` imports neither the app nor its dependencies (safetensors, scikit-learn,
+matplotlib, torch.distributed).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._backend import backend_for
-from .checkpoint import load_model_checkpoint, save_model_checkpoint, schedule_from_dict, schedule_to_dict
-from .data import Dataset, load_data
 from .distillation import (
     distill_loss,
     fused_distill_loss,
@@ -19,15 +26,32 @@ from .distillation import (
     teacher_two_step,
     two_step_target,
 )
-from .evaluation import evaluate_models, frechet_distance, frechet_distance_samples, make_evaluator
-from .models import ResidualMLP, UNet, build_model
 from .parameterizations import predict_x_eps
 from .sampling import ancestral_step, ddim_step, sample
 from .schedules import CosineSchedule, DiscreteSchedule
-from .training import check_data, progressive_distill, train_teacher
+
+#: app names re-exported lazily: name -> the pd_fast.app module that defines it
+_APP = {
+    "train_teacher": "training",
+    "progressive_distill": "training",
+    "check_data": "training",
+    "load_model_checkpoint": "checkpoint",
+    "save_model_checkpoint": "checkpoint",
+    "schedule_from_dict": "checkpoint",
+    "schedule_to_dict": "checkpoint",
+    "ResidualMLP": "models",
+    "UNet": "models",
+    "build_model": "models",
+    "Dataset": "data",
+    "load_data": "data",
+    "frechet_distance": "evaluation",
+    "frechet_distance_samples": "evaluation",
+    "make_evaluator": "evaluation",
+    "evaluate_models": "evaluation",
+}
 
 __all__ = [
-    # SPEC section 7
+    # docs/spec.md section 7
     "CosineSchedule",
     "DiscreteSchedule",
     "predict_x_eps",
@@ -42,22 +66,18 @@ __all__ = [
     "teacher_two_step",
     "fused_distill_loss",
     "backend_for",
-    # training and checkpoints
-    "train_teacher",
-    "progressive_distill",
-    "check_data",
-    "load_model_checkpoint",
-    "save_model_checkpoint",
-    "schedule_from_dict",
-    "schedule_to_dict",
-    # networks, data, evaluation
-    "ResidualMLP",
-    "UNet",
-    "build_model",
-    "Dataset",
-    "load_data",
-    "frechet_distance",
-    "frechet_distance_samples",
-    "make_evaluator",
-    "evaluate_models",
+    # the application layer (pd_fast.app), loaded on first use
+    *_APP,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _APP:
+        value = getattr(importlib.import_module(f"pd_fast.app.{_APP[name]}"), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module 'pd_fast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_APP))

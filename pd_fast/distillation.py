@@ -1,4 +1,4 @@
-"""The distillation target and loss ([PD] Algorithm 2 and Section 4, SPEC sections 4-5), on torch
+"""The distillation target and loss ([PD] Algorithm 2 and Section 4, docs/spec.md sections 4-5), on torch
 tensors: the twin of `pd_ref/distillation.py`, plus what training needs fast:
 
 - `teacher_two_step`: the teacher's two DDIM steps (fused sampler steps on the Triton path);
@@ -77,7 +77,7 @@ def two_step_target(
     z_t, z_tpp: (B, ...) of one dtype and device (z_tpp may also be fp32); coefficients float,
     0-d or (B,); t'' < t.
     Ratio and denominator in float64, the element arithmetic in fp32 (relative error ~1e-7 * N,
-    SPEC section 4); returned in z_t's dtype.
+    docs/spec.md section 4); returned in z_t's dtype.
     """
     z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp = _target_inputs(
         z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp
@@ -131,7 +131,7 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
     )
     backend = backend_for(z_t)
     # The states z_t' and z_t'' stay fp32 whatever z_t's dtype: x_tilde amplifies their rounding by
-    # ~N (SPEC section 4). The teacher sees them in its own dtype.
+    # ~N (docs/spec.md section 4). The teacher sees them in its own dtype.
     with torch.no_grad():
         out = _model_out(teacher, z_t, t.to(device=device, dtype=dtype), param)
         first = _prepare(alpha_t, sigma_t, ddim_coefs(alpha_t, sigma_t, alpha_p, sigma_p, 0.0), backend)

@@ -1,4 +1,4 @@
-"""From network output to `(x_hat, eps_hat)` ([PD] Section 4, SPEC section 2; official `dpm.py`),
+"""From network output to `(x_hat, eps_hat)` ([PD] Section 4, docs/spec.md section 2; official `dpm.py`),
 on torch tensors: the twin of `pd_ref/parameterizations.py`. The fused Triton kernels compute the
 same formulas inside their passes (`pd_fast/kernels/step.py`)."""
 

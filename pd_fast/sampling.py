@@ -1,9 +1,9 @@
-"""Sampling steps and the N-step sampler ([DDIM] Eq. 12, [DDPM] Eq. 6-7, SPEC section 3), on torch
+"""Sampling steps and the N-step sampler ([DDIM] Eq. 12, [DDPM] Eq. 6-7, docs/spec.md section 3), on torch
 tensors: the twin of `pd_ref/sampling.py`, plus a CUDA-graph sampler.
 
 Every step is one linear combination with per-example coefficients
 `z_s = k_z*z_t + k_x*x_hat + k_eps*eps_hat + k_noise*noise` ((x_hat, eps_hat) from the network
-output, SPEC section 2). `ddim_coefs` and `ancestral_coefs` hold the step formulas (in float64);
+output, docs/spec.md section 2). `ddim_coefs` and `ancestral_coefs` hold the step formulas (in float64);
 `_apply` runs the combination in fp32, in one fused pass on the Triton path
 (`kernels.sampler_step`) or as the torch expression on the torch path. Steps are inference: the
 Triton path does not record autograd history (the torch path does, as plain torch would).
@@ -66,7 +66,7 @@ def ancestral_coefs(
 
 
 def x_hat_coefs(alpha_t: torch.Tensor) -> StepCoefs:
-    """`x_hat` itself (the sampler's last step, SPEC section 3): k_x = 1, no other term."""
+    """`x_hat` itself (the sampler's last step, docs/spec.md section 3): k_x = 1, no other term."""
     return StepCoefs(None, torch.ones_like(alpha_t), None, None)
 
 
@@ -344,7 +344,7 @@ def sample(
     progress: bool = False,
 ) -> torch.Tensor:
     """Sample with `steps` steps on the grid `t_i = i / steps`, `i = steps .. 1`, from `z = z_1`
-    (SPEC section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
+    (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
 
     model(z, t) takes t, a (B,) tensor in z's dtype, and returns a tensor of z's dtype and device
     (shape as `predict_x_eps` wants). `seed` seeds a `torch.Generator` on z's device for the noise of

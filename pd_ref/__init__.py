@@ -1,5 +1,5 @@
 """pd_ref: the pure-NumPy, float64 executable specification of progressive distillation
-(Salimans & Ho, ICLR 2022). Read it beside `../shared/SPEC.md`; `pd_fast` offers the same names."""
+(Salimans & Ho, ICLR 2022). Read it beside `docs/spec.md`; `pd_fast` offers the same names."""
 
 from .distillation import distill_loss, loss_weight, teacher_target, two_step_target
 from .parameterizations import predict_x_eps

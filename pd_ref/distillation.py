@@ -1,4 +1,4 @@
-"""The distillation target and loss ([PD] Algorithm 2 and Section 4, SPEC sections 4-5)."""
+"""The distillation target and loss ([PD] Algorithm 2 and Section 4, docs/spec.md sections 4-5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""From network output to `(x_hat, eps_hat)` ([PD] Section 4, SPEC section 2; official `dpm.py`)."""
+"""From network output to `(x_hat, eps_hat)` ([PD] Section 4, docs/spec.md section 2; official `dpm.py`)."""
 
 from __future__ import annotations
 

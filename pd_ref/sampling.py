@@ -1,4 +1,4 @@
-"""Sampling steps and the N-step sampler ([DDIM] Eq. 12, [DDPM] Eq. 6-7, SPEC section 3)."""
+"""Sampling steps and the N-step sampler ([DDIM] Eq. 12, [DDPM] Eq. 6-7, docs/spec.md section 3)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def sample(
     variance: str = "fixed_large",
 ) -> np.ndarray:
     """Sample with `steps` steps on the grid `t_i = i / steps`, `i = steps .. 1`, from `z = z_1`
-    (SPEC section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
+    (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
 
     model(z, t) takes t of shape (B,); `seed` seeds the noise of stochastic samplers.
     """

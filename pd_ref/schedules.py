@@ -1,4 +1,4 @@
-"""Noise schedules of the variance-preserving forward process ([PD] Section 2, SPEC section 1).
+"""Noise schedules of the variance-preserving forward process ([PD] Section 2, docs/spec.md section 1).
 
 `z_t = alpha_t * x + sigma_t * eps`, `alpha_t^2 + sigma_t^2 = 1`, log-SNR
 `lambda_t = log(alpha_t^2 / sigma_t^2)` strictly decreasing in `t` on [0, 1].
@@ -64,7 +64,7 @@ class CosineSchedule:
 
 
 class DiscreteSchedule:
-    """A DDPM-style schedule of `T` steps seen in continuous time (SPEC section 1).
+    """A DDPM-style schedule of `T` steps seen in continuous time (docs/spec.md section 1).
 
     `alpha_bar(t)` is piecewise linear through `(0, 1)` and `((k + 1) / T, alphas_cumprod[k])`
     for `k = 0 .. T-1`, so the grid `t = i / N` (N dividing T) is diffusers'

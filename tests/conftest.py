@@ -6,7 +6,7 @@
 - `backend`: a fixture running a test once per pd_fast backend ("torch", "triton") on CPU
   tensors, by setting `PD_FAST_BACKEND` (pd_fast reads it at every call). Where CUDA is present
   the interpreter is off, so the "triton" variant skips there (with that reason): the Triton
-  kernels are then tested on CUDA tensors by tests/test_fast_gpu.py, through `cuda_backend`.
+  kernels are then tested on CUDA tensors by tests/fast/test_gpu.py, through `cuda_backend`.
 - `device`: "cpu", plus "cuda" marked `gpu` and skipped where CUDA is absent.
 - Hypothesis runs without its per-example deadline: the 2-core CI machine is shared, and a slow
   example is not a wrong one.

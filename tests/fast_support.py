@@ -72,7 +72,7 @@ def coef_arg(values: np.ndarray, form: str):
 
 
 def predict_scale(param: str, z, out, alpha, sigma, clip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Magnitudes of the terms that make up x_hat and eps_hat (SPEC section 2, absolute values);
+    """Magnitudes of the terms that make up x_hat and eps_hat (docs/spec.md section 2, absolute values);
     alpha, sigma shaped to broadcast. An error of x_hat feeds eps_hat through alpha/sigma."""
     az, ao = np.abs(z), np.abs(out)
     if param == "eps":
@@ -169,7 +169,7 @@ def assert_close(fast: torch.Tensor, ref: np.ndarray, dtype: str, scale, what: s
 
 
 def analytic_grad(param, z, out, x_tilde, alpha, sigma, w) -> tuple[np.ndarray, np.ndarray]:
-    """d loss_b / d out_b from SPEC section 5 in float64, and its error scale's factor |dx_hat/dout|:
+    """d loss_b / d out_b from docs/spec.md section 5 in float64, and its error scale's factor |dx_hat/dout|:
     `(2w/M)(x_hat - x_tilde) * dx_hat/dout`; dx_hat/dout = 1 (x), -sigma (v), -sigma/alpha (eps),
     sigma^2 and -alpha*sigma on the two halves (both)."""
     x_hat, _ = pd_ref.predict_x_eps(z, out, alpha.reshape(-1), sigma.reshape(-1), param)

@@ -46,7 +46,7 @@ def random_pair(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.nd
 
 
 def output_for(param: str, x: np.ndarray, eps: np.ndarray, alpha, sigma) -> np.ndarray:
-    """The network output that encodes (x, eps) exactly, from the definitions of SPEC section 2
+    """The network output that encodes (x, eps) exactly, from the definitions of docs/spec.md section 2
     (independent of predict_x_eps): eps -> eps, x -> x, v -> alpha*eps - sigma*x, both -> [x, eps]."""
     if param == "eps":
         return eps

@@ -11,7 +11,7 @@ pd_fast's result `y` (dtype d) is compared with pd_ref's `y_ref`, computed in fl
    operands, so the error is a few times 6e-8 times the *magnitude of the terms* that enter the
    result (`scale`, computed per element by tests/fast_support.py from the formulas' absolute
    values; it is large where the result is a cancellation, e.g. eps-param x_hat at alpha ~ 4.5e-5,
-   or the two-step target, whose 1/den ~ N amplification is SPEC section 4's "~1e-7 * N").
+   or the two-step target, whose 1/den ~ N amplification is docs/spec.md section 4's "~1e-7 * N").
    `FP32_RTOL = 5e-7` is ~8 such roundings. Measured (CPU: torch path and Triton interpreter, about
    1500 Hypothesis examples over all tests): at most 8.1e-8 * scale beyond the output rounding.
 

@@ -1,5 +1,5 @@
 """Fused distillation loss, forward and backward in one pass ([PD] Algorithm 2 lines 9-10,
-SPEC sections 4-5): reads the student output, z_t and z_tpp once, writes the gradient with respect
+docs/spec.md sections 4-5): reads the student output, z_t and z_tpp once, writes the gradient with respect
 to the output and per-chunk partial sums of the squared error (summed afterwards, no atomics).
 """
 
@@ -25,8 +25,8 @@ def distill_loss_kernel(
 ):  # fmt: skip
     """Program (b, c) covers blocks c, c + n_chunks, ... of example b's M elements:
     `x_tilde = p*z_tpp + q*z_t` ([PD] Algorithm 2 line 9 with p, q from float64),
-    `x_hat` = student prediction (SPEC section 2, unclipped), `diff = x_hat - x_tilde`,
-    `grad = (2w/M) * diff * d x_hat/d out` (SPEC section 5), and `partial[b, c] = sum diff^2`.
+    `x_hat` = student prediction (docs/spec.md section 2, unclipped), `diff = x_hat - x_tilde`,
+    `grad = (2w/M) * diff * d x_hat/d out` (docs/spec.md section 5), and `partial[b, c] = sum diff^2`.
     """
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)  # int64 loop: start + stride may pass 2^31
@@ -35,7 +35,7 @@ def distill_loss_kernel(
     p = tl.load(p_ptr + b)
     q = tl.load(q_ptr + b)
     scale = 2.0 * tl.load(w_ptr + b) / M
-    if PARAM == "eps":  # d x_hat / d out, SPEC section 5 ('both': the x half; eps half below)
+    if PARAM == "eps":  # d x_hat / d out, docs/spec.md section 5 ('both': the x half; eps half below)
         d_out = -sigma / alpha
     elif PARAM == "x":
         d_out = 1.0
@@ -82,7 +82,7 @@ def distill_loss_fwd_bwd(
     grad_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example loss `w * mean_j (x_hat - x_tilde)^2` with `x_tilde = p*z_tpp + q*z_t`, and its
-    gradient with respect to `out` ([PD] Algorithm 2 lines 9-10, SPEC sections 4-5), in fp32.
+    gradient with respect to `out` ([PD] Algorithm 2 lines 9-10, docs/spec.md sections 4-5), in fp32.
 
     out: z_t's shape, or (B, 2C, ...) for 'both'; z_t, z_tpp: (B, ...), same dtype and device, except
     that z_tpp may be fp32 beside an fp16/bf16 z_t (the target magnifies its rounding by ~N);

@@ -1,7 +1,7 @@
 """Fused sampler step: `(x_hat, eps_hat)` from the network output, then one step from t to s
-(SPEC sections 2-3; [DDIM] Eq. 12, [PD] Eq. 7, [DDPM] Eq. 6-7), in one pass over memory.
+(docs/spec.md sections 2-3; [DDIM] Eq. 12, [PD] Eq. 7, [DDPM] Eq. 6-7), in one pass over memory.
 
-Every step of SPEC section 3 is one linear combination
+Every step of docs/spec.md section 3 is one linear combination
 `z_s = k_z*z + k_x*x_hat + k_eps*eps_hat + k_noise*noise` with per-example coefficients:
 DDIM (k_x = alpha_s, k_eps = sigma_s), DDIM with eta (k_eps = sqrt(sigma_s^2 - c^2), k_noise = c),
 ancestral (k_z = r*alpha_s/alpha_t, k_x = (1 - r)*alpha_s, k_noise = sqrt(var)), x_hat only (k_x = 1).
@@ -20,7 +20,7 @@ NUM_WARPS = 8
 
 @triton.jit
 def predict_x_eps(z, o_x, o_e, alpha, sigma, PARAM: tl.constexpr, CLIP: tl.constexpr):
-    """`(x_hat, eps_hat)` in fp32 per SPEC section 2; `o_x`/`o_e` are the two halves of the output
+    """`(x_hat, eps_hat)` in fp32 per docs/spec.md section 2; `o_x`/`o_e` are the two halves of the output
     for 'both', and both equal the output otherwise. With CLIP, x_hat is clipped to [-1, 1] and
     eps_hat recomputed so that `z = alpha*x_hat + sigma*eps_hat` (official `dpm.py`)."""
     if PARAM == "eps":
@@ -122,7 +122,7 @@ def sampler_step(
     write_x_hat: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fused step `z_s = k_z*z + k_x*x_hat + k_eps*eps_hat (+ k_noise*noise)` with `(x_hat, eps_hat)`
-    from `(z, out, alpha_t, sigma_t)` per SPEC section 2 (clipped if `clip`), in fp32.
+    from `(z, out, alpha_t, sigma_t)` per docs/spec.md section 2 (clipped if `clip`), in fp32.
 
     z: (B, ...) fp32/fp16/bf16; out: z's shape, or (B, 2C, ...) for 'both'; noise: None or z's shape;
     alpha_t ... k_noise: (B,) tensors on z's device (cast to fp32). Non-contiguous inputs are copied

@@ -1,5 +1,5 @@
 """pd_ref samplers on Gaussian data, where the exact denoiser and the probability-flow ODE are
-known in closed form (SPEC section 3)."""
+known in closed form (docs/spec.md section 3)."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 import pd_ref
-
-from .strategies import inner_times, output_for, params, seeds, shapes
+from tests.strategies import inner_times, output_for, params, seeds, shapes
 
 MU = np.array([0.3, -0.5, 0.0])
 STD = np.array([0.5, 0.2, 0.8])

@@ -1,4 +1,4 @@
-"""pd_ref schedules against closed forms and independent recomputation (SPEC section 1)."""
+"""pd_ref schedules against closed forms and independent recomputation (docs/spec.md section 1)."""
 
 import math
 
@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from scipy.special import expit
 
 import pd_ref
-
-from .strategies import DISCRETE_KINDS, unit_times
+from tests.strategies import DISCRETE_KINDS, unit_times
 
 SCHEDULES = [
     pd_ref.CosineSchedule(),

@@ -1,4 +1,4 @@
-"""The main job (`python -m pd_fast`, pd_fast.__main__) on a tiny configuration."""
+"""The main job (`python -m pd_fast`, pd_fast.app.cli) on a tiny configuration."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pd_fast.__main__ import main
+from pd_fast.app.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = (
@@ -87,6 +87,6 @@ def test_module_entry_point_prints_help():
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert res.returncode == 0 and "--start-steps" in res.stdout and "--resume" in res.stdout

@@ -1,4 +1,4 @@
-"""Checkpoints and resume (issue 4 items 1 and 8): round trips of model, optimizer and training
+"""Checkpoints and resume: round trips of model, optimizer and training
 state files, atomic commits, and a run killed with SIGKILL (once mid-teacher, once mid-round)
 that resumes to final weights bitwise equal to an uninterrupted run."""
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import pd_fast
-from pd_fast import checkpoint as ckpt
-from tests import _train_worker
+from pd_fast.app import checkpoint as ckpt
 from tests._tiny import TinyMLP
+from tests.app import _train_worker
 
 
 def _state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -109,7 +109,7 @@ def _context() -> multiprocessing.context.BaseContext:
     (a fresh interpreter would spend seconds importing torch, and torch._dynamo, which Adam
     imports at its first step), and it has run no OpenMP region, so forking from it is safe."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", "pd_fast", "tests._train_worker"])
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "pd_fast", "tests.app._train_worker"])
     return ctx
 
 

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of the Triton kernels for sm_80 and sm_90 without a GPU (issue 3).
+"""Ahead-of-time compilation of the Triton kernels for sm_80 and sm_90 without a GPU.
 
 Each variant is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`
 using the launchers' BLOCK and num_warps, and the same signature the JIT would build for a typical
@@ -128,7 +128,7 @@ def _compile(v: Variant) -> dict:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env["PD_AOT_TMP"] = str(tmp_path_factory.mktemp("aot"))
     child = subprocess.run(

@@ -5,8 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pd_ref
-
-from .strategies import inner_times, output_for, params, random_pair, seeds, shapes
+from tests.strategies import inner_times, output_for, params, random_pair, seeds, shapes
 
 
 @given(param=params, shape=shapes(min_ndim=2), t=inner_times, seed=seeds, per_example=st.booleans())

@@ -241,13 +241,13 @@ def evaluate_models(
     """Fréchet distances and sampling times: the teacher with DDIM at every N in `teacher_steps`
     and every student `students[N]` at its own N, all from the same starting noise `z` (n, ...).
 
-    Returns the report rows (sorted by steps; SPEC-free fields `teacher_ddim`, `student`,
+    Returns the report rows (sorted by steps; report fields `teacher_ddim`, `student`,
     `sample_seconds` in the main metric, plus per-space and per-model extras) and the samples.
     """
-    import pd_fast
+    from ..sampling import sample
 
     def run(model: nn.Module, n: int) -> tuple[Tensor, float]:
-        return timed_sample(lambda: pd_fast.sample(model, z, n, schedule, param, clip=clip))
+        return timed_sample(lambda: sample(model, z, n, schedule, param, clip=clip))
 
     metric = evaluator.metric
     rows: dict[int, dict] = {}

@@ -1,4 +1,4 @@
-"""Fréchet distance, its floor, and the evaluation of models (pd_fast.evaluation)."""
+"""Fréchet distance, its floor, and the evaluation of models (pd_fast.app.evaluation)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pd_fast
-from pd_fast.data import load_data
-from pd_fast.evaluation import (
+from pd_fast.app.data import load_data
+from pd_fast.app.evaluation import (
     evaluate_models,
     frechet_distance,
     frechet_distance_samples,

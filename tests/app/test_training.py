@@ -1,4 +1,4 @@
-"""Teacher training and progressive distillation (issue 4 items 1, 7 and 8): input checks, the
+"""Teacher training and progressive distillation: input checks, the
 round structure of [PD] Algorithm 2 (time grid, LR annealing, EMA), the log, and a short
 distillation that beats DDIM at the same step count by an independent Frechet distance, the fused
 (Triton) path against the torch path, and an in-process crash-and-resume on CPU and CUDA."""
@@ -288,7 +288,7 @@ def test_training_through_the_fused_triton_loss_matches_the_torch_path(
 def test_run_crashed_mid_round_resumes_to_the_uninterrupted_weights(
     tmp_path: Path, device: torch.device
 ) -> None:
-    # in-process crash (the SIGKILL version, bitwise on CPU, is tests/test_resume.py); here also on CUDA
+    # in-process crash (the SIGKILL version, bitwise on CPU, is tests/app/test_resume.py); here also on CUDA
     data = _data(64)
     settings = dict(iters=6, batch_size=8, ckpt_every=2, **QUIET)
 

@@ -1,8 +1,8 @@
-"""Worker of tests/test_resume.py, run in a child process: a tiny teacher training + progressive
+"""Worker of tests/app/test_resume.py, run in a child process: a tiny teacher training + progressive
 distillation (8 -> 1 steps) into `out`, deterministic on CPU. Writes `out/result.json` =
 {"forward_calls": n} when it finishes. Also runnable by hand:
 
-    python tests/_train_worker.py OUT [--resume] [--sleep SECONDS]
+    python tests/app/_train_worker.py OUT [--resume] [--sleep SECONDS]
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pd_fast.training import progressive_distill, train_teacher  # noqa: E402
+from pd_fast.app.training import progressive_distill, train_teacher  # noqa: E402
 from tests._tiny import TinyMLP, eight_gaussians  # noqa: E402
 
 TEACHER = dict(iters=40, batch_size=32, lr=3e-3, warmup=5, ema_decay=0.9, ckpt_every=7, log_every=3)

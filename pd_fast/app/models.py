@@ -5,7 +5,7 @@
   embedding added in every residual block (the [DDPM] UNet, scaled down).
 
 The output has the input's shape, or twice its channels (axis 1) for `param="both"` (x half first,
-eps half second; SPEC section 2). Weights are initialised deterministically from `seed`; the last
+eps half second; docs/spec.md section 2). Weights are initialised deterministically from `seed`; the last
 layer starts at zero, so an untrained `v` or `x` model predicts `x_hat = alpha_t * z_t` or 0.
 """
 
@@ -21,7 +21,7 @@ PARAMS = ("eps", "x", "v", "both")
 
 
 def output_channels(channels: int, param: str) -> int:
-    """Channels of the network output: doubled for param='both' (SPEC section 2)."""
+    """Channels of the network output: doubled for param='both' (docs/spec.md section 2)."""
     if param not in PARAMS:
         raise ValueError(f"param must be one of {PARAMS}, got {param!r}")
     return 2 * channels if param == "both" else channels

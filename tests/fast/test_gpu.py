@@ -10,8 +10,7 @@ import torch
 
 import pd_fast
 import pd_ref
-
-from .fast_support import (
+from tests.fast_support import (
     DTYPES,
     analytic_grad,
     ancestral_scale,
@@ -30,8 +29,8 @@ from .fast_support import (
     teacher_target_scale,
     to_np,
 )
-from .strategies import PARAMS, out_shape
-from .tolerances import FP32_RTOL, OUT_RTOL, SAMPLER_GAIN
+from tests.strategies import PARAMS, out_shape
+from tests.tolerances import FP32_RTOL, OUT_RTOL, SAMPLER_GAIN
 
 pytestmark = pytest.mark.gpu
 DTYPE_NAMES = ("float32", "float16", "bfloat16")

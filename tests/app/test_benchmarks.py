@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark scripts (issue 5): each runs through `main(argv)` in a tiny
+"""Smoke tests of the benchmark scripts: each runs through `main(argv)` in a tiny
 configuration into a tmp dir, and the JSON and PNG it writes are checked. Never on times: only on
 the schema, on the rows covering every point asked for, and on every backend computing the same
 samples as the float64 reference (a benchmark that timed wrong math would fail here).
@@ -19,7 +19,7 @@ import torch
 
 import pd_ref
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

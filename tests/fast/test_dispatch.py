@@ -13,7 +13,7 @@ import torch
 
 import pd_fast
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_tensors_default_to_torch_and_the_variable_forces_a_backend(monkeypatch):

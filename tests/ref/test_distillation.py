@@ -1,4 +1,4 @@
-"""pd_ref distillation target and loss ([PD] Algorithm 2, SPEC sections 4-5)."""
+"""pd_ref distillation target and loss ([PD] Algorithm 2, docs/spec.md sections 4-5)."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pd_ref
-
-from .strategies import DISCRETE_KINDS, params, seeds, shapes, step_counts, weightings
+from tests.strategies import DISCRETE_KINDS, params, seeds, shapes, step_counts, weightings
 
 SCHEDULES = {
     "cosine": pd_ref.CosineSchedule(),

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 import pd_fast
 import pd_ref
-
-from .fast_support import (
+from tests.fast_support import (
     DTYPES,
     analytic_grad,
     ancestral_scale,
@@ -35,7 +34,7 @@ from .fast_support import (
     teacher_target_scale,
     to_np,
 )
-from .strategies import (
+from tests.strategies import (
     coef_forms,
     float_dtypes,
     grid_times,
@@ -48,7 +47,7 @@ from .strategies import (
     step_pairs,
     weightings,
 )
-from .tolerances import FP32_RTOL, OUT_RTOL, SAMPLER_GAIN
+from tests.tolerances import FP32_RTOL, OUT_RTOL, SAMPLER_GAIN
 
 #: fp16 results beyond 65504 are inf (checked in assert_close); numpy warns when the interpreter casts
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
@@ -165,7 +164,7 @@ def test_ancestral_step_matches_ref(backend, case, variance):
 @settings(FAST, max_examples=25)
 @given(case=cases())
 def test_ddim_step_with_eta_one_equals_ancestral_fixed_small(backend, case):
-    """SPEC section 3's property, on pd_fast itself. The two formulas agree only as well as their
+    """docs/spec.md section 3's property, on pd_fast itself. The two formulas agree only as well as their
     float64 coefficients do (near alpha_t ~ 1e-5 they differ by ~1e-6 relative in pd_ref too):
     that float64 discrepancy is allowed on top of both sides' fp32 tolerances."""
     (z, out, noise), (z_r, out_r, noise_r), args, refs = step_inputs(case)
@@ -191,7 +190,7 @@ def test_ddim_step_with_eta_one_equals_ancestral_fixed_small(backend, case):
 
 def target_inputs(case, on_trajectory: bool, fp32_target: bool):
     """z_t and z_tpp; on a trajectory, z_tpp = alpha_tpp*x + sigma_tpp*eps with the same (x, eps) as
-    z_t, so that x_tilde = x: the cancellation SPEC section 4 warns about is real."""
+    z_t, so that x_tilde = x: the cancellation docs/spec.md section 4 warns about is real."""
     alpha_t, sigma_t = ref_schedule(case.schedule).alpha_sigma(case.t)
     alpha_tpp, sigma_tpp = ref_schedule(case.schedule).alpha_sigma(case.s)
     args, refs = coefficients(

@@ -1,4 +1,4 @@
-"""pd_ref rejects bad input with a ValueError that names the argument (SPEC section 7)."""
+"""pd_ref rejects bad input with a ValueError that names the argument (docs/spec.md section 7)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Teacher training and progressive distillation ([PD] Algorithm 2, SPEC sections 5-6).
+"""Teacher training and progressive distillation ([PD] Algorithm 2, docs/spec.md sections 5-6).
 
 API (all arguments after `data` / `end_steps` are keyword-only):
 
@@ -24,7 +24,7 @@ All of these are importable from `pd_fast`; the lower-level helpers from `pd_fas
   output is z's shape (2C channels on axis 1 for param 'both'). Training runs on the device of its
   parameters; `data` (a tensor or array (N, ...) in [-1, 1]) is moved there once.
 - `schedule`: a `pd_fast.CosineSchedule` (default) or `pd_fast.DiscreteSchedule`.
-- `train_teacher` trains `model` in place (t ~ U(0, 1], SPEC section 5 loss with x_tilde = x) with
+- `train_teacher` trains `model` in place (t ~ U(0, 1], docs/spec.md section 5 loss with x_tilde = x) with
   Adam, a linear LR warm-up over `warmup` iterations, clipping at `grad_clip` (None: off), and an
   EMA of the weights with decay `min(ema_decay, (1 + k) / (10 + k))` after update k (the
   warm-up keeps short runs from averaging in the random init); it returns the EMA copy.
@@ -52,7 +52,7 @@ All of these are importable from `pd_fast`; the lower-level helpers from `pd_fas
   with the same world size. The caller initialises the process group (and on CUDA calls
   `torch.cuda.set_device(local_rank)` and moves the model there) before calling.
 - Speed on CPU: tiny models train several times faster with `torch.set_num_threads(1)` than with
-  the default thread count on a busy 2-core machine (measured in tests/test_training.py's
+  the default thread count on a busy 2-core machine (measured in tests/app/test_training.py's
   distillation test: ~40 s with 2 threads vs ~6 s with 1 while other jobs shared the cores).
 """
 
@@ -74,8 +74,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import pd_fast
-
+from ..distillation import fused_distill_loss, teacher_two_step
+from ..schedules import CosineSchedule
 from . import checkpoint as ckpt
 from .checkpoint import load_model_checkpoint, schedule_from_dict
 
@@ -143,7 +143,7 @@ def _common_checks(param: str, weighting: str, schedule: Any) -> Any:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if schedule is None:
-        return pd_fast.CosineSchedule()
+        return CosineSchedule()
     if type(schedule).__name__ not in ("CosineSchedule", "DiscreteSchedule"):
         raise ValueError(f"schedule must be a CosineSchedule or a DiscreteSchedule, got {type(schedule)!r}")
     return schedule
@@ -336,7 +336,7 @@ def _batch(x_local: Tensor, gens: _Generators, batch_size: int) -> Tensor:
 
 
 def _diffuse(x: Tensor, t: Tensor, schedule: Any, gens: _Generators) -> tuple[Tensor, Tensor, Tensor]:
-    """`z_t = alpha_t x + sigma_t eps` (SPEC section 1), coefficients in float64 from the schedule."""
+    """`z_t = alpha_t x + sigma_t eps` (docs/spec.md section 1), coefficients in float64 from the schedule."""
     eps = torch.randn(x.shape, generator=gens.noise, device=x.device, dtype=x.dtype)
     alpha_t, sigma_t = schedule.alpha_sigma(t)
     z_t = (_column(alpha_t, x) * x.double() + _column(sigma_t, x) * eps.double()).to(x.dtype)
@@ -409,10 +409,10 @@ def train_teacher(
     progress: bool = True,
     log_every: int = 10,
 ) -> nn.Module:
-    """Train a continuous-time diffusion model (the base teacher of [PD] Section 4 / SPEC section 5).
+    """Train a continuous-time diffusion model (the base teacher of [PD] Section 4 / docs/spec.md section 5).
 
     Each iteration: x from `data`, t ~ U(0, 1], eps ~ N(0, I), z_t = alpha_t x + sigma_t eps, and
-    the loss `w(lambda_t) * mean((x_hat(z_t, model(z_t, t)) - x)^2)` (SPEC section 5 with
+    the loss `w(lambda_t) * mean((x_hat(z_t, model(z_t, t)) - x)^2)` (docs/spec.md section 5 with
     x_tilde = x, through `pd_fast.fused_distill_loss` with z_tpp = x, alpha_tpp = 1, sigma_tpp = 0).
     Adam with a linear warm-up over `warmup` iterations, then constant `lr`.
 
@@ -500,7 +500,7 @@ def train_teacher(
             t = (1.0 - torch.rand(batch_size, generator=gens.data, dtype=torch.float64)).to(device)
             z_t, alpha_t, sigma_t = _diffuse(x, t, schedule, gens)
             out = net(z_t, t.to(dtype))
-            loss = pd_fast.fused_distill_loss(
+            loss = fused_distill_loss(
                 out,
                 z_t,
                 x,
@@ -600,14 +600,14 @@ def progressive_distill(
     log_every: int = 10,
     on_round_end: Callable[[int, nn.Module], None] | None = None,
 ) -> dict[int, nn.Module]:
-    """Progressive distillation ([PD] Algorithm 2; official settings in SPEC section 6).
+    """Progressive distillation ([PD] Algorithm 2; official settings in docs/spec.md section 6).
 
     Round k distills the current teacher of 2N steps into a student of N steps
     (N = start_steps / 2, ..., end_steps): student = deepcopy(teacher), fresh Adam, LR annealed
     linearly from `lr` to 0, gradient norm clipped at `grad_clip`; each iteration draws x, i
     uniform in 1..N, t = i/N, z_t = alpha_t x + sigma_t eps, builds the two-DDIM-step target of
     the teacher (`pd_fast.teacher_two_step`, no grad; lines 6-9) and minimises
-    `pd_fast.fused_distill_loss` (line 10, SPEC section 5). The student then becomes the teacher.
+    `pd_fast.fused_distill_loss` (line 10, docs/spec.md section 5). The student then becomes the teacher.
 
     Returns {N: student} for every round, each in eval mode. `teacher` is not modified (it is
     put in eval mode while it makes targets, and its mode is restored at the end).
@@ -723,11 +723,11 @@ def progressive_distill(
                     t = t_cpu.to(device)
                     z_t, alpha_t, sigma_t = _diffuse(x, t, schedule, gens)
                     with torch.no_grad():  # teacher_two_step wants t on the CPU: no device sync
-                        z_tpp, alpha_tpp, sigma_tpp = pd_fast.teacher_two_step(
+                        z_tpp, alpha_tpp, sigma_tpp = teacher_two_step(
                             current, z_t, t_cpu, steps, schedule, param
                         )
                     out = net(z_t, t.to(dtype))
-                    loss = pd_fast.fused_distill_loss(
+                    loss = fused_distill_loss(
                         out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, param, weighting
                     ).mean()
                     lr_it = lr * (1.0 - it / n_iters)

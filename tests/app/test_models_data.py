@@ -1,4 +1,4 @@
-"""Built-in networks (pd_fast.models) and data sets (pd_fast.data)."""
+"""Built-in networks (pd_fast.app.models) and data sets (pd_fast.app.data)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pd_fast.data import eight_gaussians, load_data, moons, validate_array
-from pd_fast.models import ResidualMLP, UNet, build_model, model_from_config, timestep_embedding
+from pd_fast.app.data import eight_gaussians, load_data, moons, validate_array
+from pd_fast.app.models import ResidualMLP, UNet, build_model, model_from_config, timestep_embedding
 
 # ----- models ----------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Worker of tests/test_ddp.py: one rank of a 2-process CPU (gloo) job that trains a tiny teacher
+"""Worker of tests/app/test_ddp.py: one rank of a 2-process CPU (gloo) job that trains a tiny teacher
 and distills it 4 -> 1 steps under DistributedDataParallel, twice:
 
 - into `out/a` without interruption;
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from pd_fast.training import progressive_distill, train_teacher
+from pd_fast.app.training import progressive_distill, train_teacher
 from tests._tiny import TinyMLP, eight_gaussians
 
 TEACHER = dict(iters=15, batch_size=16, lr=3e-3, warmup=3, ema_decay=0.8, ckpt_every=5, log_every=2)

@@ -1,4 +1,4 @@
-"""Checkpoints of teacher training and progressive distillation (issue 4, SPEC section 6).
+"""Checkpoints of teacher training and progressive distillation (docs/spec.md section 6).
 
 Two kinds of files live in a run's `checkpoints/` folder:
 
@@ -125,13 +125,13 @@ def schedule_to_dict(schedule: Any) -> dict[str, Any]:
 
 def schedule_from_dict(d: dict[str, Any]) -> Any:
     """Inverse of `schedule_to_dict`: a `pd_fast` schedule."""
-    import pd_fast
+    from ..schedules import CosineSchedule, DiscreteSchedule
 
     kind = d.get("kind") if isinstance(d, dict) else None
     if kind == "cosine":
-        return pd_fast.CosineSchedule(d["logsnr_min"], d["logsnr_max"])
+        return CosineSchedule(d["logsnr_min"], d["logsnr_max"])
     if kind == "discrete":
-        return pd_fast.DiscreteSchedule(torch.tensor(d["alphas_cumprod"], dtype=torch.float64))
+        return DiscreteSchedule(torch.tensor(d["alphas_cumprod"], dtype=torch.float64))
     raise ValueError(f"schedule description must have kind 'cosine' or 'discrete', got {d!r}")
 
 

@@ -1,4 +1,4 @@
-"""Teacher training and progressive distillation under DistributedDataParallel (issue 4 item 7):
+"""Teacher training and progressive distillation under DistributedDataParallel:
 2 CPU processes with the gloo backend. The ranks must end with identical weights, rank 0 alone
 writes checkpoints and the log, and a run crashed mid-teacher and mid-round resumes to the same
 weights as an uninterrupted run."""
@@ -14,20 +14,20 @@ import torch
 from safetensors.torch import load_file
 
 import pd_fast
-from pd_fast import checkpoint as ckpt
-from tests import _ddp_worker
+from pd_fast.app import checkpoint as ckpt
 from tests._tiny import TinyMLP, eight_gaussians
+from tests.app import _ddp_worker
 
 WORLD = 2
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Runs tests/_ddp_worker.py on 2 ranks (forked from a forkserver that imported torch once)."""
+    """Runs tests/app/_ddp_worker.py on 2 ranks (forked from a forkserver that imported torch once)."""
     out = tmp_path_factory.mktemp("ddp")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(
-        ["torch", "torch._dynamo", "torch.distributed", "pd_fast", "tests._ddp_worker"]
+        ["torch", "torch._dynamo", "torch.distributed", "pd_fast", "tests.app._ddp_worker"]
     )
     procs = [
         ctx.Process(target=_ddp_worker.run, args=(rank, WORLD, str(out / "store"), str(out)))
