@@ -484,11 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(N={overhead['steps']}, batch {overhead['batch']})"
         )
     if targets:
-        print(
-            "\nTargets (measured on "
-            + str(machine["gpu_name"])
-            + "; worst case at >= 64 MiB moved):"
-        )
+        print("\nTargets (measured on " + str(machine["gpu_name"]) + "; worst case at >= 64 MiB moved):")
         for t in targets:
             verdict = "n/a " if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
             value = "not measured" if t["measured"] is None else f"{t['measured']:.3g}"

@@ -28,7 +28,7 @@ from .distillation import (
 )
 from .parameterizations import predict_x_eps
 from .sampling import ancestral_step, ddim_step, sample
-from .schedules import CosineSchedule, DiscreteSchedule
+from .schedules import CosineSchedule, DiscreteSchedule, diffuse
 
 #: app names re-exported lazily: name -> the pd_fast.app module that defines it
 _APP = {
@@ -54,6 +54,7 @@ __all__ = [
     # docs/spec.md section 7
     "CosineSchedule",
     "DiscreteSchedule",
+    "diffuse",
     "predict_x_eps",
     "ddim_step",
     "ancestral_step",

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._checks import times
+from ._checks import like, same_shape, tensor, times
 
 DISCRETE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
@@ -157,3 +157,25 @@ class DiscreteSchedule:
 
     def __repr__(self) -> str:
         return f"DiscreteSchedule(T={self.num_train_timesteps})"
+
+
+def diffuse(x: torch.Tensor, t: Any, schedule: Any, noise: torch.Tensor) -> torch.Tensor:
+    """The forward process `z_t = alpha_t * x + sigma_t * noise` (docs/spec.md section 1).
+
+    x, noise: (B, ...) fp32/fp16/bf16 tensors of one shape, dtype and device; t: float, 0-d or (B,)
+    in [0, 1] (on x's device or the CPU); `schedule` any schedule with `alpha_sigma(t)`.
+    The coefficients and the combination are float64; z_t is returned in x's dtype.
+    """
+    x = tensor("x", x)
+    noise = tensor("noise", noise)
+    like("noise", noise, "x", x)
+    same_shape("noise", noise, "x", x)
+    t = times("t", t)
+    if t.ndim > 1 or t.numel() not in (1, x.shape[0]):
+        raise ValueError(
+            f"t must be a float, 0-d, or 1-D of length {x.shape[0]} (the batch), got {tuple(t.shape)}"
+        )
+    alpha_t, sigma_t = schedule.alpha_sigma(t.reshape(-1))
+    alpha_t, sigma_t = (torch.as_tensor(c, dtype=torch.float64).to(x.device) for c in (alpha_t, sigma_t))
+    column = (-1,) + (1,) * (x.ndim - 1)
+    return (alpha_t.reshape(column) * x.double() + sigma_t.reshape(column) * noise.double()).to(x.dtype)

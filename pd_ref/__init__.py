@@ -4,11 +4,12 @@
 from .distillation import distill_loss, loss_weight, teacher_target, two_step_target
 from .parameterizations import predict_x_eps
 from .sampling import ancestral_step, ddim_step, sample
-from .schedules import CosineSchedule, DiscreteSchedule
+from .schedules import CosineSchedule, DiscreteSchedule, diffuse
 
 __all__ = [
     "CosineSchedule",
     "DiscreteSchedule",
+    "diffuse",
     "predict_x_eps",
     "ddim_step",
     "ancestral_step",

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import times
+from ._checks import as_array, same_shape, times
 
 DISCRETE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
@@ -131,3 +131,20 @@ class DiscreteSchedule:
 
     def __repr__(self) -> str:
         return f"DiscreteSchedule(T={self.num_train_timesteps})"
+
+
+def diffuse(x: Any, t: Any, schedule: Any, noise: Any) -> np.ndarray:
+    """The forward process `z_t = alpha_t * x + sigma_t * noise` (docs/spec.md section 1).
+
+    x, noise: (B, ...) arrays of one shape; t: float, 0-d or (B,) in [0, 1]; `schedule` any
+    schedule with `alpha_sigma(t)`. Returns z_t as float64, x's shape.
+    """
+    x = as_array("x", x)
+    noise = as_array("noise", noise)
+    same_shape("noise", noise, "x", x)
+    t = times("t", t)
+    if t.ndim > 1 or t.size not in (1, x.shape[0]):
+        raise ValueError(f"t must be a float, 0-d, or 1-D of length {x.shape[0]} (the batch), got {t.shape}")
+    alpha_t, sigma_t = schedule.alpha_sigma(t.reshape(-1))
+    column = (-1,) + (1,) * (x.ndim - 1)
+    return np.reshape(alpha_t, column) * x + np.reshape(sigma_t, column) * noise

@@ -115,6 +115,22 @@ def step_inputs(case):
     return (z, out, noise), (z_r, out_r, noise_r), args, refs
 
 
+# ------------------------------------------------------------------ forward process
+
+
+@FAST
+@given(case=cases())
+def test_diffuse_matches_ref(case):
+    """z_t = alpha_t x + sigma_t noise in float64, rounded once to the input dtype."""
+    (x, noise), (x_r, noise_r) = tensors(case, case.shape, case.shape)
+    t = np.full(case.shape[0], case.t) if case.form == "batch" else case.t
+    z = pd_fast.diffuse(x, torch.as_tensor(t, dtype=torch.float64), fast_schedule(case.schedule), noise)
+    z_ref = pd_ref.diffuse(x_r, t, ref_schedule(case.schedule), noise_r)
+    assert z.dtype == x.dtype and z.shape == x.shape
+    alpha, sigma = (per_example(c, x.ndim) for c in ref_schedule(case.schedule).alpha_sigma(np.atleast_1d(t)))
+    assert_close(z, z_ref, case.dtype, np.abs(alpha * x_r) + np.abs(sigma * noise_r), "z_t")
+
+
 # ------------------------------------------------------------------ parameterizations and steps
 
 

@@ -118,3 +118,26 @@ def test_t_outside_unit_interval_is_rejected(t):
     for sched in SCHEDULES:
         with pytest.raises(ValueError, match="t must"):
             sched.alpha_sigma(t)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+@given(t=st.lists(unit_times, min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
+def test_diffuse_is_the_forward_process_from_the_logsnr(schedule, t, seed):
+    """z_t = sqrt(sigmoid(lambda)) x + sqrt(sigmoid(-lambda)) eps, per example (docs/spec.md section 1)."""
+    rng = np.random.default_rng(seed)
+    t = np.array(t)
+    x, eps = rng.standard_normal((2, t.size, 3, 2))
+    lam = schedule.logsnr(t)[:, None, None]
+    with np.errstate(over="ignore"):
+        expected = np.sqrt(expit(lam)) * x + np.sqrt(expit(-lam)) * eps
+    np.testing.assert_allclose(pd_ref.diffuse(x, t, schedule, eps), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_diffuse_refuses_bad_input():
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="noise"):
+        pd_ref.diffuse(x, 0.5, pd_ref.CosineSchedule(), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="t must"):
+        pd_ref.diffuse(x, [0.1, 0.2], pd_ref.CosineSchedule(), x)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        pd_ref.diffuse(x, 1.5, pd_ref.CosineSchedule(), x)
