@@ -4,6 +4,7 @@ rounded values; tolerances (per dtype, and why) live in tests/tolerances.py."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 import pd_fast
 import pd_ref
+from pd_fast.schedules import schedule_from_dict
 from tests.fast_support import (
     DTYPES,
     analytic_grad,
@@ -471,6 +473,25 @@ def test_schedules_match_ref(name, it, seed):
         np.testing.assert_allclose(to_np(fast.t_from_logsnr(torch.tensor(lam))), t, atol=1e-9)
     else:
         np.testing.assert_allclose(to_np(fast.alphas_cumprod), ref.alphas_cumprod, rtol=1e-12)
+
+
+def test_schedules_serialize_in_the_checkpoint_format_and_load_it_back():
+    """`to_dict` writes what checkpoints have always stored, and `schedule_from_dict` reads such a
+    dict (written here by hand) back into the same schedule."""
+    cosine = {"kind": "cosine", "logsnr_min": -15.0, "logsnr_max": 12.5}
+    assert pd_fast.CosineSchedule(-15.0, 12.5).to_dict() == cosine
+    acp = pd_ref.DiscreteSchedule.from_betas("linear", 20).alphas_cumprod.tolist()
+    discrete = {"kind": "discrete", "alphas_cumprod": acp}
+    assert pd_fast.DiscreteSchedule(acp).to_dict() == discrete
+    t = torch.linspace(0, 1, 41, dtype=torch.float64)
+    for d, ref in ((cosine, pd_ref.CosineSchedule(-15.0, 12.5)), (discrete, pd_ref.DiscreteSchedule(acp))):
+        rebuilt = schedule_from_dict(json.loads(json.dumps(d)))
+        assert rebuilt.to_dict() == d
+        for got, want in zip(rebuilt.alpha_sigma(t), ref.alpha_sigma(t.numpy()), strict=True):
+            np.testing.assert_allclose(to_np(got), want, rtol=1e-12, atol=1e-15)
+    for bad in ({"kind": "linear"}, ["cosine"]):
+        with pytest.raises(ValueError, match="kind"):
+            schedule_from_dict(bad)
 
 
 # ------------------------------------------------------------------ errors
