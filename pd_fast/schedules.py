@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ._checks import like, same_shape, tensor, times
+from ._checks import batch_times, like, per_example, same_shape, tensor, times
 
 DISCRETE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
@@ -181,15 +181,12 @@ def diffuse(x: torch.Tensor, t: Any, schedule: Any, noise: torch.Tensor) -> torc
     noise = tensor("noise", noise)
     like("noise", noise, "x", x)
     same_shape("noise", noise, "x", x)
-    t = times("t", t)
-    if t.ndim > 1 or t.numel() not in (1, x.shape[0]):
-        raise ValueError(
-            f"t must be a float, 0-d, or 1-D of length {x.shape[0]} (the batch), got {tuple(t.shape)}"
-        )
+    t = batch_times(t, x.shape[0])
     alpha_t, sigma_t = schedule.alpha_sigma(t.reshape(-1))
     alpha_t, sigma_t = (torch.as_tensor(c, dtype=torch.float64).to(x.device) for c in (alpha_t, sigma_t))
-    column = (-1,) + (1,) * (x.ndim - 1)
-    return (alpha_t.reshape(column) * x.double() + sigma_t.reshape(column) * noise.double()).to(x.dtype)
+    return (per_example(alpha_t, x.ndim) * x.double() + per_example(sigma_t, x.ndim) * noise.double()).to(
+        x.dtype
+    )
 
 
 def schedule_from_dict(d: dict[str, Any]) -> CosineSchedule | DiscreteSchedule:
