@@ -272,6 +272,7 @@ def distill_loss(
     alpha_t: Any,
     sigma_t: Any,
     param: str,
+    *,
     weighting: str = "snr_trunc",
 ) -> torch.Tensor:
     """Per-example loss `w(lambda_t) * mean((x_hat - x_tilde)^2)` over the non-batch dims
@@ -301,6 +302,7 @@ def fused_distill_loss(
     alpha_tpp: Any,
     sigma_tpp: Any,
     param: str,
+    *,
     weighting: str = "snr_trunc",
 ) -> torch.Tensor:
     """`distill_loss(out, z_t, two_step_target(z_t, z_tpp, ...), ...)` in one pass: the target

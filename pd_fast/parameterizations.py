@@ -12,7 +12,7 @@ from ._checks import check_coefs, coef, like, out_matches, param_name, per_examp
 
 
 def predict_x_eps(
-    z: torch.Tensor, out: torch.Tensor, alpha: Any, sigma: Any, param: str, clip: bool = False
+    z: torch.Tensor, out: torch.Tensor, alpha: Any, sigma: Any, param: str, *, clip: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(x_hat, eps_hat)` from the output `out` of a network evaluated at `(z, alpha, sigma)`
     (docs/spec.md section 2).

@@ -113,6 +113,7 @@ def ddim_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
+    *,
     clip: bool = False,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
@@ -140,9 +141,10 @@ def ancestral_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
-    noise: torch.Tensor,
-    variance: str = "fixed_large",
+    *,
     clip: bool = False,
+    variance: str = "fixed_large",
+    noise: torch.Tensor,
 ) -> torch.Tensor:
     """One ancestral step: a draw from the DDPM posterior q(z_s | z_t, x = x_hat)
     ([DDPM] Eq. 6-7; official `dpm.py` sampler 'noisy'; see `ancestral_coefs`).
@@ -166,11 +168,12 @@ def sample(
     steps: int,
     schedule: Any,
     param: str,
+    *,
     clip: bool = False,
     sampler: str = "ddim",
     eta: float = 0.0,
-    seed: int | None = None,
     variance: str = "fixed_large",
+    seed: int | None = None,
     cuda_graph: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:

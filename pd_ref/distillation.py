@@ -122,6 +122,7 @@ def distill_loss(
     alpha_t: Any,
     sigma_t: Any,
     param: str,
+    *,
     weighting: str = "snr_trunc",
 ) -> np.ndarray:
     """Per-example loss `w(lambda_t) * mean((x_hat - x_tilde)^2)` over the non-batch dims

@@ -10,7 +10,7 @@ from ._checks import as_array, coef, out_matches, param_name
 
 
 def predict_x_eps(
-    z: Any, out: Any, alpha: Any, sigma: Any, param: str, clip: bool = False
+    z: Any, out: Any, alpha: Any, sigma: Any, param: str, *, clip: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """`(x_hat, eps_hat)` from the output `out` of a network evaluated at `(z, alpha, sigma)`.
 

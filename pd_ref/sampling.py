@@ -44,6 +44,7 @@ def ddim_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
+    *,
     clip: bool = False,
     eta: float = 0.0,
     noise: Any = None,
@@ -76,9 +77,10 @@ def ancestral_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
-    noise: Any,
-    variance: str = "fixed_large",
+    *,
     clip: bool = False,
+    variance: str = "fixed_large",
+    noise: Any,
 ) -> np.ndarray:
     """One ancestral step: a draw from the DDPM posterior q(z_s | z_t, x = x_hat)
     ([DDPM] Eq. 6-7; official `dpm.py` sampler 'noisy').
@@ -110,11 +112,12 @@ def sample(
     steps: int,
     schedule: Any,
     param: str,
+    *,
     clip: bool = False,
     sampler: str = "ddim",
     eta: float = 0.0,
-    seed: int | None = None,
     variance: str = "fixed_large",
+    seed: int | None = None,
 ) -> np.ndarray:
     """Sample with `steps` steps on the grid `t_i = i / steps`, `i = steps .. 1`, from `z = z_1`
     (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
