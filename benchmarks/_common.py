@@ -1,4 +1,5 @@
-"""What both benchmark scripts share: the machine description, timing, and the JSON/PNG output.
+"""What both benchmark scripts share: the machine description, timing, and the tables and plots
+(the JSON is written with pd_fast's atomic writer, `pd_fast.app.checkpoint.save_json`).
 
 Timing: warm-up runs first (untimed), then repeats; the statistic reported is the median.
 On CPU a run is timed with `time.perf_counter`; on CUDA with CUDA events around the run (the
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -209,11 +209,6 @@ def set_threads(threads: int | None) -> int:
         raise ValueError(f"--threads must be >= 1, got {n}")
     torch.set_num_threads(n)
     return torch.get_num_threads()
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
 def finite_or_none(x: float | None, digits: int = 6) -> float | None:

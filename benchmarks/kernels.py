@@ -38,6 +38,7 @@ import _common
 import torch
 
 import pd_fast
+from pd_fast.app.checkpoint import save_json
 
 OPS = ("step", "loss")
 IMPLS = ("triton", "eager", "compile")
@@ -237,20 +238,22 @@ class Bench:
 
 def graph_overhead(device: torch.device, steps: int, batch: int) -> dict[str, Any]:
     """Per-step overhead of the CUDA-graph sampler beyond the network's own time: replay of the
-    captured N-step sampler loop (`pd_fast.sampling._loop`, Triton path) minus replay of a graph of
+    captured N-step sampler loop (`pd_fast._engine.loop`, Triton path) minus replay of a graph of
     the same N network calls, over N. Model: the built-in MLP (64 -> 256 x 3 blocks)."""
-    from pd_fast import sampling
+    from pd_fast import _engine
     from pd_fast.app.models import ResidualMLP
+    from pd_fast.sampling import step_rule
 
     model = ResidualMLP(64, hidden=256, depth=3, param="v").to(device).eval()
     z = torch.randn(batch, 64, device=device)
     with _common.env("PD_FAST_BACKEND", "triton"):
-        plan = sampling._plan(z, steps, pd_fast.CosineSchedule(), "ddim", 0.0, "fixed_large", "triton")
-        loop = _common.capture(lambda: sampling._loop(model, z, plan, "v", False, None, "triton"), device)
+        rule = step_rule("ddim", 0.0, "fixed_large")
+        plan = _engine.plan(z, steps, pd_fast.CosineSchedule(), rule, "triton")
+        loop = _common.capture(lambda: _engine.loop(model, z, plan, "v", False, None, "triton"), device)
         nets = _common.capture(lambda: [model(z, t) for t in plan.t], device)
         out = model(z, plan.t[0])
         updates = _common.capture(
-            lambda: [sampling._apply("triton", z, out, plan.coefs[0], "v", False, None) for _ in plan.t],
+            lambda: [_engine.apply("triton", z, out, plan.coefs[0], "v", False, None) for _ in plan.t],
             device,
         )
         loop_ms = statistics.median(_common.measure(loop, device, warmup=3, repeats=30))
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    _common.write_json(args.out / "kernels.json", payload)
+    save_json(args.out / "kernels.json", payload)
     name = machine["gpu_name"] or machine["cpu_model"]
     title = f"{name} ({device.type}, {threads} threads), batch {args.batch}"
     why = plot(rows, args.out / "kernels.png", title, args.ops)

@@ -44,7 +44,10 @@ from torch import nn
 
 import pd_fast
 import pd_ref
+from pd_fast import _engine
+from pd_fast.app.checkpoint import save_json
 from pd_fast.app.models import ResidualMLP, UNet
+from pd_fast.sampling import step_rule
 
 BACKENDS = ("pd_ref", "naive_torch", "pd_fast_torch", "triton", "triton_graph")
 MODELS = ("mlp", "unet")
@@ -207,26 +210,14 @@ def naive_sample(model: nn.Module, z: torch.Tensor, steps: int, schedule: Any) -
     raise AssertionError("unreachable: steps >= 1")
 
 
-def _pd_fast_update(model: nn.Module, z: torch.Tensor, backend: str) -> tuple[Callable[[], Any], str]:
-    """One update as `pd_fast.sample` runs it (private `sampling._plan` / `_apply`: coefficients
-    prepared before the loop, no argument checks); the public `pd_fast.ddim_step` (with its checks)
-    where those private names have changed."""
-    schedule = pd_fast.CosineSchedule()
+def pd_fast_update(model: nn.Module, z: torch.Tensor, backend: str) -> tuple[Callable[[], Any], str]:
+    """One update as `pd_fast.sample` runs it (the step engine's `plan` / `apply`: coefficients
+    prepared before the loop, no argument checks)."""
     t = torch.full((z.shape[0],), 0.5, device=z.device)
     out = model(z, t)
-    try:
-        from pd_fast import sampling
-
-        plan = sampling._plan(z, 4, schedule, "ddim", 0.0, "fixed_large", backend)
-        coefs = plan.coefs[2]  # the step t = 2/4 -> s = 1/4
-        sampling._apply(backend, z, out, coefs, PARAM, False, None)
-        note = "pd_fast.sampling._apply"
-        return (lambda: sampling._apply(backend, z, out, coefs, PARAM, False, None)), note
-    except (AttributeError, ImportError, TypeError, ValueError):
-        a_t, s_t = schedule.alpha_sigma(0.5)
-        a_s, s_s = schedule.alpha_sigma(0.25)
-        note = "pd_fast.ddim_step (public, with its checks)"
-        return (lambda: pd_fast.ddim_step(z, out, a_t, s_t, a_s, s_s, PARAM)), note
+    plan = _engine.plan(z, 4, pd_fast.CosineSchedule(), step_rule("ddim", 0.0, "fixed_large"), backend)
+    coefs = plan.coefs[2]  # the step t = 2/4 -> s = 1/4
+    return (lambda: _engine.apply(backend, z, out, coefs, PARAM, False, None)), "pd_fast._engine.apply"
 
 
 def make_pd_ref(model: nn.Module, z: torch.Tensor) -> Backend:
@@ -285,7 +276,7 @@ def make_pd_fast(model: nn.Module, z: torch.Tensor, name: str) -> Backend:
     schedule = pd_fast.CosineSchedule()
     t = torch.full((z.shape[0],), 0.5, device=z.device)
     with _common.env("PD_FAST_BACKEND", backend):
-        update, update_note = _pd_fast_update(model, z, backend)
+        update, update_note = pd_fast_update(model, z, backend)
     return Backend(
         name,
         prepare=lambda n: lambda: pd_fast.sample(model, z, n, schedule, PARAM),
@@ -302,26 +293,22 @@ def make_triton_graph(model: nn.Module, z: torch.Tensor) -> Backend:
         raise Unavailable("CUDA graphs need a CUDA device (none here)")
     if _common.triton_version() is None:
         raise Unavailable("triton is not installed")
-    try:
-        from pd_fast import sampling
-
-        plan_fn, loop_fn = sampling._plan, sampling._loop
-    except (ImportError, AttributeError) as err:
-        raise Unavailable(f"pd_fast.sampling._plan/_loop (to capture the loop once) missing: {err}") from err
     schedule = pd_fast.CosineSchedule()
     device = z.device
     static_z = z.clone()
     t = torch.full((z.shape[0],), 0.5, device=device)
 
     def prepare(n: int) -> Callable[[], Any]:
-        plan = plan_fn(static_z, n, schedule, "ddim", 0.0, "fixed_large", "triton")
-        return _common.capture(lambda: loop_fn(model, static_z, plan, PARAM, False, None, "triton"), device)
+        plan = _engine.plan(static_z, n, schedule, step_rule("ddim", 0.0, "fixed_large"), "triton")
+        return _common.capture(
+            lambda: _engine.loop(model, static_z, plan, PARAM, False, None, "triton"), device
+        )
 
     def capture_calls(fn: Callable[[], Any]) -> Callable[[], Any]:
         return _common.capture(lambda: [fn() for _ in range(GRAPH_CALLS)], device)
 
     with _common.env("PD_FAST_BACKEND", "triton"):
-        update, note = _pd_fast_update(model, static_z, "triton")
+        update, note = pd_fast_update(model, static_z, "triton")
         network_graph = capture_calls(lambda: model(static_z, t))
         update_graph = capture_calls(update)
     return Backend(
@@ -584,7 +571,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    _common.write_json(args.out / "steps_vs_latency.json", payload)
+    save_json(args.out / "steps_vs_latency.json", payload)
     title = f"{machine['gpu_name'] or machine['cpu_model']}, {threads} threads, batch {args.batch}"
     why = plot(rows, args.out / "steps_vs_latency.png", title)
     if why:

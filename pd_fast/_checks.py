@@ -1,4 +1,5 @@
-"""Input validation shared by the pd_fast modules: every bad input is a ValueError naming its argument.
+"""Input validation shared by the pd_fast modules (every bad input is a ValueError naming its
+argument), the names of the parameterizations and weightings, and the one broadcast helper.
 
 The same checks as `pd_ref/_checks.py`, on torch tensors, plus device and dtype agreement. What
 is checked, and what it costs:
@@ -112,8 +113,9 @@ def check_coefs(
 
 
 def per_example(c: torch.Tensor, ndim: int) -> torch.Tensor:
-    """A float64 (B,) coefficient as fp32, shaped (B, 1, ..., 1) to broadcast over `ndim` dims."""
-    return c.to(torch.float32).reshape((-1,) + (1,) * (ndim - 1))
+    """A (B,) per-example coefficient shaped (B, 1, ..., 1) to broadcast over a batch of `ndim`
+    dims (its dtype unchanged)."""
+    return c.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def param_name(param: str) -> str:
@@ -145,6 +147,16 @@ def times(name: str, t: Any) -> torch.Tensor:
     if low or high:
         raise ValueError(f"{name} must lie in [0, 1], got range [{arr.min().item()}, {arr.max().item()}]")
     return arr
+
+
+def batch_times(t: Any, batch: int) -> torch.Tensor:
+    """`times("t", t)`, which must be a float, 0-d, or 1-D of length 1 or `batch`."""
+    t = times("t", t)
+    if t.ndim > 1 or t.numel() not in (1, batch):
+        raise ValueError(
+            f"t must be a float, 0-d, or 1-D of length {batch} (the batch), got {tuple(t.shape)}"
+        )
+    return t
 
 
 def steps_count(steps: Any) -> int:

@@ -17,6 +17,7 @@ import torch
 
 from ._backend import backend_for, kernels
 from ._checks import (
+    batch_times,
     check_coefs,
     coef,
     like,
@@ -26,11 +27,11 @@ from ._checks import (
     same_shape,
     steps_count,
     tensor,
-    times,
     weighting_name,
 )
-from .parameterizations import _predict
-from .sampling import Model, _apply, _model_out, _on_cpu, _prepare, ddim_coefs
+from ._engine import Model, apply, model_out, on_cpu, prepare
+from .parameterizations import x_eps_from_out
+from .sampling import ddim_coefs
 
 
 def _target_coefs(
@@ -88,7 +89,7 @@ def two_step_target(
 
 def _two_step_torch(z_t: torch.Tensor, z_tpp: torch.Tensor, ratio: torch.Tensor, den: torch.Tensor):
     nd = z_t.ndim
-    return (z_tpp.float() - per_example(ratio, nd) * z_t.float()) / per_example(den, nd)
+    return (z_tpp.float() - per_example(ratio.float(), nd) * z_t.float()) / per_example(den.float(), nd)
 
 
 def student_grid_index(t: torch.Tensor, steps: int, resolution: float = 0.0) -> torch.Tensor:
@@ -111,18 +112,14 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
     batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
     floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
     resolution = torch.finfo(t.dtype).eps if floating else 0.0
-    t = times("t", t).cpu()
-    if t.ndim > 1 or t.numel() not in (1, batch):
-        raise ValueError(
-            f"t must be a float, 0-d, or 1-D of length {batch} (the batch), got {tuple(t.shape)}"
-        )
+    t = batch_times(t, batch).cpu()
     i = student_grid_index(t.reshape(-1).expand(batch), steps, resolution)
     t = i / steps  # float64, exactly on the grid even when t came in float32
     final = i == 1
     t_p, t_pp = t - 0.5 / steps, (i - 1) / steps
-    alpha_t, sigma_t = _on_cpu(schedule.alpha_sigma(t))
-    alpha_p, sigma_p = _on_cpu(schedule.alpha_sigma(t_p))
-    alpha_pp, sigma_pp = _on_cpu(schedule.alpha_sigma(t_pp))
+    alpha_t, sigma_t = on_cpu(schedule.alpha_sigma(t))
+    alpha_p, sigma_p = on_cpu(schedule.alpha_sigma(t_p))
+    alpha_pp, sigma_pp = on_cpu(schedule.alpha_sigma(t_pp))
     # final interval: the second "step" lands on the teacher's x_hat at t' (official `dpm.py`)
     alpha_pp = torch.where(final, 1.0, alpha_pp)
     sigma_pp = torch.where(final, 0.0, sigma_pp)
@@ -133,12 +130,12 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
     # The states z_t' and z_t'' stay fp32 whatever z_t's dtype: x_tilde amplifies their rounding by
     # ~N (docs/spec.md section 4). The teacher sees them in its own dtype.
     with torch.no_grad():
-        out = _model_out(teacher, z_t, t.to(device=device, dtype=dtype), param)
-        first = _prepare(alpha_t, sigma_t, ddim_coefs(alpha_t, sigma_t, alpha_p, sigma_p, 0.0), backend)
-        z_p = _apply(backend, z_t.float(), out.float(), first, param, False, None)
-        out_p = _model_out(teacher, z_p.to(dtype), t_p.to(device=device, dtype=dtype), param)
-        second = _prepare(alpha_p, sigma_p, ddim_coefs(alpha_p, sigma_p, alpha_pp, sigma_pp, 0.0), backend)
-        z_pp = _apply(backend, z_p, out_p.float(), second, param, False, None)
+        out = model_out(teacher, z_t, t.to(device=device, dtype=dtype), param)
+        first = prepare(alpha_t, sigma_t, ddim_coefs(alpha_t, sigma_t, alpha_p, sigma_p, 0.0), backend)
+        z_p = apply(backend, z_t.float(), out.float(), first, param, False, None)
+        out_p = model_out(teacher, z_p.to(dtype), t_p.to(device=device, dtype=dtype), param)
+        second = prepare(alpha_p, sigma_p, ddim_coefs(alpha_p, sigma_p, alpha_pp, sigma_pp, 0.0), backend)
+        z_pp = apply(backend, z_p, out_p.float(), second, param, False, None)
     return z_pp, alpha_pp, sigma_pp, alpha_t, sigma_t
 
 
@@ -225,8 +222,8 @@ def _loss_torch(
 ) -> torch.Tensor:
     """`w * mean((x_hat - x_tilde)^2)` per example, fp32, differentiable through `out` only."""
     nd = z_t.ndim
-    z32 = z_t.detach().float()
-    x_hat, _ = _predict(z32, out.float(), per_example(alpha_t, nd), per_example(sigma_t, nd), param, False)
+    alpha_t, sigma_t = (per_example(c.to(torch.float32), nd) for c in (alpha_t, sigma_t))
+    x_hat, _ = x_eps_from_out(z_t.detach().float(), out.float(), alpha_t, sigma_t, param, False)
     mse = ((x_hat - x_tilde.detach().float()) ** 2).reshape(z_t.shape[0], -1).mean(dim=1)
     return w.to(torch.float32) * mse
 
@@ -249,8 +246,17 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):  # noqa: ANN001
         (grad,) = ctx.saved_tensors
-        scale = grad_loss.reshape((-1,) + (1,) * (grad.ndim - 1))
-        return (grad * scale).to(ctx.out_dtype), None, None, None, None, None, None, None, None
+        return (
+            (grad * per_example(grad_loss, grad.ndim)).to(ctx.out_dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _fused(out, z_t, z_tpp, alpha_t, sigma_t, p, q, w, param) -> torch.Tensor:
@@ -266,6 +272,7 @@ def distill_loss(
     alpha_t: Any,
     sigma_t: Any,
     param: str,
+    *,
     weighting: str = "snr_trunc",
 ) -> torch.Tensor:
     """Per-example loss `w(lambda_t) * mean((x_hat - x_tilde)^2)` over the non-batch dims
@@ -295,6 +302,7 @@ def fused_distill_loss(
     alpha_tpp: Any,
     sigma_tpp: Any,
     param: str,
+    *,
     weighting: str = "snr_trunc",
 ) -> torch.Tensor:
     """`distill_loss(out, z_t, two_step_target(z_t, z_tpp, ...), ...)` in one pass: the target

@@ -1,6 +1,6 @@
 """From network output to `(x_hat, eps_hat)` ([PD] Section 4, docs/spec.md section 2; official `dpm.py`),
 on torch tensors: the twin of `pd_ref/parameterizations.py`. The fused Triton kernels compute the
-same formulas inside their passes (`pd_fast/kernels/step.py`)."""
+same formulas inside their passes (`x_eps_from_out` of `pd_fast/kernels/step.py`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from ._checks import check_coefs, coef, like, out_matches, param_name, per_examp
 
 
 def predict_x_eps(
-    z: torch.Tensor, out: torch.Tensor, alpha: Any, sigma: Any, param: str, clip: bool = False
+    z: torch.Tensor, out: torch.Tensor, alpha: Any, sigma: Any, param: str, *, clip: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(x_hat, eps_hat)` from the output `out` of a network evaluated at `(z, alpha, sigma)`.
+    """`(x_hat, eps_hat)` from the output `out` of a network evaluated at `(z, alpha, sigma)`
+    (docs/spec.md section 2).
 
     - eps:  x_hat = (z - sigma*out) / alpha,       eps_hat = out
     - x:    x_hat = out,                           eps_hat = (z - alpha*x_hat) / sigma
@@ -35,16 +36,17 @@ def predict_x_eps(
     alpha = coef("alpha", alpha, z.shape[0], z.device)
     sigma = coef("sigma", sigma, z.shape[0], z.device)
     check_coefs(positive={"alpha": alpha, "sigma": sigma})
-    x_hat, eps_hat = _predict(
-        z.float(), out.float(), per_example(alpha, z.ndim), per_example(sigma, z.ndim), param, clip
-    )
+    alpha, sigma = (per_example(c.to(torch.float32), z.ndim) for c in (alpha, sigma))
+    x_hat, eps_hat = x_eps_from_out(z.float(), out.float(), alpha, sigma, param, clip)
     return x_hat.to(z.dtype), eps_hat.to(z.dtype)
 
 
-def _predict(
+def x_eps_from_out(
     z: torch.Tensor, out: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, param: str, clip: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The formulas of `predict_x_eps` in fp32: z, out fp32; alpha, sigma fp32 (B, 1, ..., 1)."""
+    """The formulas of `predict_x_eps` in fp32, without checks (docs/spec.md section 2).
+    z, out fp32 ((B, ...) and z's shape or (B, 2C, ...)); alpha, sigma fp32 (B, 1, ..., 1).
+    """
     if param == "eps":
         x_hat, eps_hat = (z - sigma * out) / alpha, out
     elif param == "x":

@@ -3,39 +3,27 @@ tensors: the twin of `pd_ref/sampling.py`, plus a CUDA-graph sampler.
 
 Every step is one linear combination with per-example coefficients
 `z_s = k_z*z_t + k_x*x_hat + k_eps*eps_hat + k_noise*noise` ((x_hat, eps_hat) from the network
-output, docs/spec.md section 2). `ddim_coefs` and `ancestral_coefs` hold the step formulas (in float64);
-`_apply` runs the combination in fp32, in one fused pass on the Triton path
-(`kernels.sampler_step`) or as the torch expression on the torch path. Steps are inference: the
-Triton path does not record autograd history (the torch path does, as plain torch would).
+output, docs/spec.md section 2). `ddim_coefs` and `ancestral_coefs` hold the step formulas (in
+float64); the step engine (`pd_fast/_engine.py`) runs the combination in fp32, in one fused pass on
+the Triton path (`kernels.sampler_step`) or as the torch expression on the torch path. Steps are
+inference: the Triton path does not record autograd history (the torch path does, as plain torch
+would).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from ._backend import backend_for, kernels
+from ._backend import backend_for
 from ._checks import check_coefs, coef, like, out_matches, param_name, same_shape, steps_count, tensor
-from .parameterizations import _predict
+from ._engine import Model, StepCoefs, StepRule, apply, graphed_loop, loop, plan, prepare
 
 SAMPLERS = ("ddim", "ancestral")
 VARIANCES = ("fixed_small", "fixed_large")
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class StepCoefs(NamedTuple):
-    """Per-example coefficients of `z_s = k_z*z_t + k_x*x_hat + k_eps*eps_hat + k_noise*noise`,
-    float64 tensors; None marks a term the step does not have."""
-
-    k_z: torch.Tensor | None
-    k_x: torch.Tensor
-    k_eps: torch.Tensor | None
-    k_noise: torch.Tensor | None
 
 
 def ddim_coefs(
@@ -65,52 +53,12 @@ def ancestral_coefs(
     return StepCoefs(r * (alpha_s / alpha_t), one_minus_r * alpha_s, None, torch.sqrt(var))
 
 
-def x_hat_coefs(alpha_t: torch.Tensor) -> StepCoefs:
-    """`x_hat` itself (the sampler's last step, docs/spec.md section 3): k_x = 1, no other term."""
-    return StepCoefs(None, torch.ones_like(alpha_t), None, None)
-
-
-#: what `_apply` takes: (alpha_t, sigma_t, k_z, k_x, k_eps, k_noise) as fp32 (B,) tensors
-Prepared = tuple[torch.Tensor | None, ...]
-
-
-def _prepare(alpha_t: torch.Tensor, sigma_t: torch.Tensor, k: StepCoefs, backend: str) -> Prepared:
-    """Float64 (B,) coefficients as contiguous fp32 (B,) tensors; on the Triton path an absent
-    term becomes a zero coefficient (the kernel always has all four)."""
-    coefs = (alpha_t, sigma_t, *k)
-    if backend == "triton":
-        coefs = tuple(torch.zeros_like(alpha_t) if c is None else c for c in coefs)
-    return tuple(None if c is None else c.to(torch.float32).contiguous() for c in coefs)
-
-
-def _apply(
-    backend: str,
-    z: torch.Tensor,
-    out: torch.Tensor,
-    coefs: Prepared,
-    param: str,
-    clip: bool,
-    noise: torch.Tensor | None,
-) -> torch.Tensor:
-    """`z_s = k_z*z + k_x*x_hat + k_eps*eps_hat + k_noise*noise` in fp32, returned in z's dtype.
-    No checks: callers validated the inputs. `noise` is None exactly when k_noise is absent."""
-    alpha_t, sigma_t, k_z, k_x, k_eps, k_noise = coefs
-    if backend == "triton":
-        z_s, _ = kernels().sampler_step(
-            z, out, alpha_t, sigma_t, k_z, k_x, k_eps, k_noise, param, clip, noise
-        )
-        return z_s
-    shape = (-1,) + (1,) * (z.ndim - 1)
-    z32 = z.float()
-    x_hat, eps_hat = _predict(z32, out.float(), alpha_t.reshape(shape), sigma_t.reshape(shape), param, clip)
-    z_s = k_x.reshape(shape) * x_hat
-    if k_z is not None:
-        z_s = k_z.reshape(shape) * z32 + z_s
-    if k_eps is not None:
-        z_s = z_s + k_eps.reshape(shape) * eps_hat
-    if k_noise is not None:
-        z_s = z_s + k_noise.reshape(shape) * noise.float()
-    return z_s.to(z.dtype)
+def step_rule(sampler: str, eta: float, variance: str) -> StepRule:
+    """The step formula of `sampler` ("ddim" with `eta`, "ancestral" with `variance`), as the
+    engine's `plan` takes it: (alpha_t, sigma_t, alpha_s, sigma_s) -> StepCoefs."""
+    if sampler == "ddim":
+        return partial(ddim_coefs, eta=eta)
+    return partial(ancestral_coefs, variance=variance)
 
 
 def _step_inputs(z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param):
@@ -165,6 +113,7 @@ def ddim_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
+    *,
     clip: bool = False,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
@@ -181,7 +130,7 @@ def ddim_step(
     noise = _noise(noise, z_t) if eta > 0 else None
     backend = backend_for(z_t)
     k = ddim_coefs(alpha_t, sigma_t, alpha_s, sigma_s, eta)
-    return _apply(backend, z_t, out, _prepare(alpha_t, sigma_t, k, backend), param, clip, noise)
+    return apply(backend, z_t, out, prepare(alpha_t, sigma_t, k, backend), param, clip, noise)
 
 
 def ancestral_step(
@@ -192,9 +141,10 @@ def ancestral_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
-    noise: torch.Tensor,
-    variance: str = "fixed_large",
+    *,
     clip: bool = False,
+    variance: str = "fixed_large",
+    noise: torch.Tensor,
 ) -> torch.Tensor:
     """One ancestral step: a draw from the DDPM posterior q(z_s | z_t, x = x_hat)
     ([DDPM] Eq. 6-7; official `dpm.py` sampler 'noisy'; see `ancestral_coefs`).
@@ -208,124 +158,7 @@ def ancestral_step(
     noise = _noise(noise, z_t)
     backend = backend_for(z_t)
     k = ancestral_coefs(alpha_t, sigma_t, alpha_s, sigma_s, variance)
-    return _apply(backend, z_t, out, _prepare(alpha_t, sigma_t, k, backend), param, clip, noise)
-
-
-@dataclass
-class _Plan:
-    """Everything the sampler's loop needs, computed before it (no host work inside the loop)."""
-
-    t: list[torch.Tensor]  # model times, (B,) in z's dtype, one per model call
-    coefs: list[Prepared]  # one per model call; the last gives x_hat
-    noisy: bool  # whether the steps (all but the last) draw noise
-
-
-def _plan(
-    z: torch.Tensor, steps: int, schedule: Any, sampler: str, eta: float, variance: str, backend: str
-) -> _Plan:
-    """Per-step coefficients on the grid `t_i = i/N`, i = N .. 1: schedule values and step
-    coefficients in float64 (all steps at once), then one copy to z's device in fp32.
-
-    Rows are padded to a multiple of 8 entries so that every (B,) view starts 16-byte aligned
-    (a kernel compiled for one step fits every other, which CUDA-graph capture relies on)."""
-    batch, device = z.shape[0], z.device
-    t = torch.arange(steps, 0, -1, dtype=torch.float64) / steps
-    s = torch.arange(steps - 1, -1, -1, dtype=torch.float64) / steps
-    alpha_t, sigma_t = _on_cpu(schedule.alpha_sigma(t))
-    alpha_s, sigma_s = _on_cpu(schedule.alpha_sigma(s))
-    if sampler == "ddim":
-        k = ddim_coefs(alpha_t, sigma_t, alpha_s, sigma_s, eta)
-    else:
-        k = ancestral_coefs(alpha_t, sigma_t, alpha_s, sigma_s, variance)
-    last = x_hat_coefs(alpha_t)
-    zero = torch.zeros_like(alpha_t)
-    columns = [alpha_t, sigma_t]  # one row per model call; the last row is the x_hat-only call
-    for c_step, c_last in zip(k, last, strict=True):
-        c_step, c_last = (zero if c is None else c for c in (c_step, c_last))
-        columns.append(torch.cat([c_step[:-1], c_last[-1:]]))
-    present_step = (True, True) + tuple(c is not None or backend == "triton" for c in k)
-    present_last = (True, True) + tuple(c is not None or backend == "triton" for c in last)
-    padded = -(-batch // 8) * 8
-    table = torch.stack(columns, dim=1).to(device=device, dtype=torch.float32)  # (N, 6)
-    table = table.unsqueeze(-1).expand(steps, 6, padded).contiguous()
-    times = t.to(device=device, dtype=z.dtype).unsqueeze(-1).expand(steps, padded).contiguous()
-    coefs = []
-    for j in range(steps):
-        present = present_last if j == steps - 1 else present_step
-        coefs.append(tuple(table[j, c, :batch] if present[c] else None for c in range(6)))
-    return _Plan([times[j, :batch] for j in range(steps)], coefs, k.k_noise is not None)
-
-
-def _on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A schedule's (alpha, sigma) as float64 CPU tensors (pd_fast schedules give tensors; any
-    schedule with an `alpha_sigma` giving arrays works too)."""
-    return tuple(torch.as_tensor(c, dtype=torch.float64).cpu() for c in pair)
-
-
-def _model_out(model: Model, z: torch.Tensor, t: torch.Tensor, param: str) -> torch.Tensor:
-    out = tensor("model output", model(z, t))
-    like("model output", out, "z", z)
-    out_matches(out, z, param, name="model output")
-    return out
-
-
-def _loop(
-    model: Model,
-    z: torch.Tensor,
-    plan: _Plan,
-    param: str,
-    clip: bool,
-    generator: torch.Generator | None,
-    backend: str,
-    progress: bool = False,
-    calls: list[int] | None = None,
-) -> torch.Tensor:
-    """The sampler's loop over `calls` (default all): one model call and one step each; the last
-    call returns x_hat. Noise: one `randn(z.shape)` in z's dtype per step with noise, in order."""
-    steps = len(plan.t)
-    for j in tqdm(calls or range(steps), disable=not progress, desc="sampling", leave=False):
-        out = _model_out(model, z, plan.t[j], param)
-        noise = None
-        if plan.noisy and j < steps - 1:
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = _apply(backend, z, out, plan.coefs[j], param, clip, noise)
-    return z
-
-
-def _sample_graphed(
-    model: Model,
-    z: torch.Tensor,
-    plan: _Plan,
-    param: str,
-    clip: bool,
-    generator: torch.Generator | None,
-    seed: int | None,
-    backend: str,
-) -> torch.Tensor:
-    """Capture the whole loop (model calls and steps) in one CUDA graph and replay it once.
-
-    A warm-up of one step and of the last call runs first, on a side stream, so that every kernel
-    is compiled and every library initialised before capture. The warm-up draws noise, so a seeded
-    generator is re-seeded before the replay: the replay then draws what an eager run draws."""
-    static_z = z.clone()
-    steps = len(plan.t)
-    with torch.cuda.device(z.device):  # capture on z's device
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            _loop(model, static_z, plan, param, clip, generator, backend, calls=sorted({0, steps - 1}))
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        if generator is not None:  # the default generator is registered by torch itself
-            graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
-            x_hat = _loop(model, static_z, plan, param, clip, generator, backend)
-        if generator is not None:
-            generator.manual_seed(seed)
-        graph.replay()
-        result = x_hat.clone()  # x_hat lives in the graph's private memory pool
-    del graph
-    return result
+    return apply(backend, z_t, out, prepare(alpha_t, sigma_t, k, backend), param, clip, noise)
 
 
 @torch.no_grad()
@@ -335,11 +168,12 @@ def sample(
     steps: int,
     schedule: Any,
     param: str,
+    *,
     clip: bool = False,
     sampler: str = "ddim",
     eta: float = 0.0,
-    seed: int | None = None,
     variance: str = "fixed_large",
+    seed: int | None = None,
     cuda_graph: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -364,11 +198,11 @@ def sample(
     if cuda_graph and not z.is_cuda:
         raise ValueError(f"cuda_graph=True needs z on a CUDA device, got {z.device}")
     backend = backend_for(z)
-    plan = _plan(z, steps, schedule, sampler, eta, variance, backend)
+    steps_plan = plan(z, steps, schedule, step_rule(sampler, eta, variance), backend)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=z.device)
         generator.manual_seed(seed)
     if cuda_graph:
-        return _sample_graphed(model, z, plan, param, clip, generator, seed, backend)
-    return _loop(model, z, plan, param, clip, generator, backend, progress)
+        return graphed_loop(model, z, steps_plan, param, clip, generator, seed, backend)
+    return loop(model, z, steps_plan, param, clip, generator, backend, progress)

@@ -5,6 +5,9 @@ on torch tensors: the twin of `pd_ref/schedules.py`.
 `lambda_t = log(alpha_t^2 / sigma_t^2)` strictly decreasing in `t` on [0, 1].
 Times are floats or tensors on any device; results are float64 tensors on t's device (on the
 CPU for float times). Callers cast the coefficients to fp32 only after combining them.
+
+A schedule serializes itself: `to_dict()` gives a JSON-able description (what checkpoints store,
+docs/spec.md section 6) and `schedule_from_dict` rebuilds the schedule from it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ._checks import like, same_shape, tensor, times
+from ._checks import batch_times, like, per_example, same_shape, tensor, times
 
 DISCRETE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
@@ -72,6 +75,10 @@ class CosineSchedule:
             )
         lam = torch.clamp(lam, self.logsnr_min, self.logsnr_max)
         return (torch.atan(torch.exp(-0.5 * lam)) - self.b) / self.a
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"kind": "cosine", "logsnr_min", "logsnr_max"}`, the input of `schedule_from_dict`."""
+        return {"kind": "cosine", "logsnr_min": self.logsnr_min, "logsnr_max": self.logsnr_max}
 
     def __repr__(self) -> str:
         return f"CosineSchedule(logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max})"
@@ -155,6 +162,10 @@ class DiscreteSchedule:
         ab = self.alpha_bar(t)
         return torch.sqrt(ab), torch.sqrt(1.0 - ab)
 
+    def to_dict(self) -> dict[str, Any]:
+        """`{"kind": "discrete", "alphas_cumprod": [...]}`, the input of `schedule_from_dict`."""
+        return {"kind": "discrete", "alphas_cumprod": self.alphas_cumprod.tolist()}
+
     def __repr__(self) -> str:
         return f"DiscreteSchedule(T={self.num_train_timesteps})"
 
@@ -170,12 +181,20 @@ def diffuse(x: torch.Tensor, t: Any, schedule: Any, noise: torch.Tensor) -> torc
     noise = tensor("noise", noise)
     like("noise", noise, "x", x)
     same_shape("noise", noise, "x", x)
-    t = times("t", t)
-    if t.ndim > 1 or t.numel() not in (1, x.shape[0]):
-        raise ValueError(
-            f"t must be a float, 0-d, or 1-D of length {x.shape[0]} (the batch), got {tuple(t.shape)}"
-        )
+    t = batch_times(t, x.shape[0])
     alpha_t, sigma_t = schedule.alpha_sigma(t.reshape(-1))
     alpha_t, sigma_t = (torch.as_tensor(c, dtype=torch.float64).to(x.device) for c in (alpha_t, sigma_t))
-    column = (-1,) + (1,) * (x.ndim - 1)
-    return (alpha_t.reshape(column) * x.double() + sigma_t.reshape(column) * noise.double()).to(x.dtype)
+    return (per_example(alpha_t, x.ndim) * x.double() + per_example(sigma_t, x.ndim) * noise.double()).to(
+        x.dtype
+    )
+
+
+def schedule_from_dict(d: dict[str, Any]) -> CosineSchedule | DiscreteSchedule:
+    """The schedule described by `d`, the output of a schedule's `to_dict()`:
+    `{"kind": "cosine", "logsnr_min", "logsnr_max"}` or `{"kind": "discrete", "alphas_cumprod"}`."""
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind == "cosine":
+        return CosineSchedule(d["logsnr_min"], d["logsnr_max"])
+    if kind == "discrete":
+        return DiscreteSchedule(torch.tensor(d["alphas_cumprod"], dtype=torch.float64))
+    raise ValueError(f"schedule description must have kind 'cosine' or 'discrete', got {d!r}")

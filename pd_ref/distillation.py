@@ -18,7 +18,7 @@ from ._checks import (
     times,
     weighting_name,
 )
-from .parameterizations import _predict
+from .parameterizations import x_eps_from_out
 from .sampling import ddim_step
 
 
@@ -89,7 +89,7 @@ def teacher_target(
     z_p = ddim_step(z_t, teacher_out(z_t, t), alpha_t, sigma_t, alpha_p, sigma_p, param)
     out_p = teacher_out(z_p, t_p)
     z_pp = ddim_step(z_p, out_p, alpha_p, sigma_p, alpha_pp, sigma_pp, param)
-    x_hat_p, _ = _predict(
+    x_hat_p, _ = x_eps_from_out(
         z_p, out_p, alpha_p.reshape(final.shape), sigma_p.reshape(final.shape), param, False
     )
     return np.where(final, x_hat_p, two_step_target(z_t, z_pp, alpha_t, sigma_t, alpha_pp, sigma_pp))
@@ -122,6 +122,7 @@ def distill_loss(
     alpha_t: Any,
     sigma_t: Any,
     param: str,
+    *,
     weighting: str = "snr_trunc",
 ) -> np.ndarray:
     """Per-example loss `w(lambda_t) * mean((x_hat - x_tilde)^2)` over the non-batch dims
@@ -139,6 +140,6 @@ def distill_loss(
     b, nd = z_t.shape[0], z_t.ndim
     alpha_t = coef("alpha_t", alpha_t, b, nd, positive=True)
     sigma_t = coef("sigma_t", sigma_t, b, nd, positive=True)
-    x_hat, _ = _predict(z_t, out, alpha_t, sigma_t, param, False)
+    x_hat, _ = x_eps_from_out(z_t, out, alpha_t, sigma_t, param, False)
     mse = ((x_hat - x_tilde) ** 2).reshape(b, -1).mean(axis=1)
     return np.broadcast_to(loss_weight(alpha_t, sigma_t, weighting).reshape(-1), (b,)) * mse

@@ -10,7 +10,7 @@ from ._checks import as_array, coef, out_matches, param_name
 
 
 def predict_x_eps(
-    z: Any, out: Any, alpha: Any, sigma: Any, param: str, clip: bool = False
+    z: Any, out: Any, alpha: Any, sigma: Any, param: str, *, clip: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """`(x_hat, eps_hat)` from the output `out` of a network evaluated at `(z, alpha, sigma)`.
 
@@ -30,12 +30,13 @@ def predict_x_eps(
     out_matches(out, z, param)
     alpha = coef("alpha", alpha, z.shape[0], z.ndim, positive=True)
     sigma = coef("sigma", sigma, z.shape[0], z.ndim, positive=True)
-    return _predict(z, out, alpha, sigma, param, clip)
+    return x_eps_from_out(z, out, alpha, sigma, param, clip)
 
 
-def _predict(
+def x_eps_from_out(
     z: np.ndarray, out: np.ndarray, alpha: np.ndarray, sigma: np.ndarray, param: str, clip: bool
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The formulas of `predict_x_eps`, without checks; alpha, sigma shaped to broadcast."""
     if param == "eps":
         x_hat, eps_hat = (z - sigma * out) / alpha, out
     elif param == "x":

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import as_array, before, coef, out_matches, param_name, same_shape, steps_count
-from .parameterizations import _predict
+from .parameterizations import x_eps_from_out
 
 SAMPLERS = ("ddim", "ancestral")
 VARIANCES = ("fixed_small", "fixed_large")
@@ -44,6 +44,7 @@ def ddim_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
+    *,
     clip: bool = False,
     eta: float = 0.0,
     noise: Any = None,
@@ -60,7 +61,7 @@ def ddim_step(
     )
     if not (np.isfinite(eta) and 0.0 <= eta <= 1.0):
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    x_hat, eps_hat = _predict(z_t, out, alpha_t, sigma_t, param, clip)
+    x_hat, eps_hat = x_eps_from_out(z_t, out, alpha_t, sigma_t, param, clip)
     if eta == 0.0:
         return alpha_s * x_hat + sigma_s * eps_hat
     noise = _noise(noise, z_t)
@@ -76,9 +77,10 @@ def ancestral_step(
     alpha_s: Any,
     sigma_s: Any,
     param: str,
-    noise: Any,
-    variance: str = "fixed_large",
+    *,
     clip: bool = False,
+    variance: str = "fixed_large",
+    noise: Any,
 ) -> np.ndarray:
     """One ancestral step: a draw from the DDPM posterior q(z_s | z_t, x = x_hat)
     ([DDPM] Eq. 6-7; official `dpm.py` sampler 'noisy').
@@ -93,7 +95,7 @@ def ancestral_step(
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     noise = _noise(noise, z_t)
-    x_hat, _ = _predict(z_t, out, alpha_t, sigma_t, param, clip)
+    x_hat, _ = x_eps_from_out(z_t, out, alpha_t, sigma_t, param, clip)
     with np.errstate(divide="ignore"):
         lambda_t = 2.0 * (np.log(alpha_t) - np.log(sigma_t))
         lambda_s = 2.0 * (np.log(alpha_s) - np.log(sigma_s))
@@ -110,11 +112,12 @@ def sample(
     steps: int,
     schedule: Any,
     param: str,
+    *,
     clip: bool = False,
     sampler: str = "ddim",
     eta: float = 0.0,
-    seed: int | None = None,
     variance: str = "fixed_large",
+    seed: int | None = None,
 ) -> np.ndarray:
     """Sample with `steps` steps on the grid `t_i = i / steps`, `i = steps .. 1`, from `z = z_1`
     (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
@@ -141,10 +144,12 @@ def sample(
         out = model_out(z, t)
         if sampler == "ddim":
             noise = rng.standard_normal(z.shape) if eta > 0 else None
-            z = ddim_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip, eta, noise)
+            z = ddim_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, eta=eta, noise=noise)
         else:
             noise = rng.standard_normal(z.shape)
-            z = ancestral_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, noise, variance, clip)
+            z = ancestral_step(
+                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, variance=variance, noise=noise
+            )
     alpha_t, sigma_t = schedule.alpha_sigma(1.0 / steps)
-    x_hat, _ = _predict(z, model_out(z, 1.0 / steps), alpha_t, sigma_t, param, clip)
+    x_hat, _ = x_eps_from_out(z, model_out(z, 1.0 / steps), alpha_t, sigma_t, param, clip)
     return x_hat

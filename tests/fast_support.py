@@ -225,16 +225,18 @@ def ref_sample(model, z, steps, schedule, param, clip, sampler, eta, variance, n
         noise = noises[k]
         if sampler == "ddim":
             scales += ddim_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise)
-            z = pd_ref.ddim_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip, eta, noise)
+            z = pd_ref.ddim_step(
+                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, eta=eta, noise=noise
+            )
         else:
             scales += ancestral_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise)
             z = pd_ref.ancestral_step(
-                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, noise, variance, clip
+                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, variance=variance, noise=noise
             )
     alpha_t, sigma_t = schedule.alpha_sigma(1.0 / steps)
     out = model(z, t_batch / steps)
     scales += predict_scale(param, z, out, alpha_t, sigma_t, clip)[0]
-    return pd_ref.predict_x_eps(z, out, alpha_t, sigma_t, param, clip)[0], scales
+    return pd_ref.predict_x_eps(z, out, alpha_t, sigma_t, param, clip=clip)[0], scales
 
 
 # ------------------------------------------------------------------ a network with a known output

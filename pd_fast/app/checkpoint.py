@@ -108,31 +108,15 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
 
 
 def schedule_to_dict(schedule: Any) -> dict[str, Any]:
-    """A JSON-able description of a schedule from which `schedule_from_dict` rebuilds it:
-    `{"kind": "cosine", "logsnr_min", "logsnr_max"}` or `{"kind": "discrete", "alphas_cumprod"}`."""
-    name = type(schedule).__name__
-    if name == "CosineSchedule":
-        return {
-            "kind": "cosine",
-            "logsnr_min": float(schedule.logsnr_min),
-            "logsnr_max": float(schedule.logsnr_max),
-        }
-    if name == "DiscreteSchedule":
-        acp = torch.as_tensor(schedule.alphas_cumprod).detach().to("cpu", torch.float64)
-        return {"kind": "discrete", "alphas_cumprod": acp.tolist()}
-    raise ValueError(f"schedule must be a CosineSchedule or a DiscreteSchedule, got {type(schedule)!r}")
+    """A JSON-able description of a schedule, `schedule.to_dict()` (see `pd_fast.schedules`)."""
+    return schedule.to_dict()
 
 
 def schedule_from_dict(d: dict[str, Any]) -> Any:
-    """Inverse of `schedule_to_dict`: a `pd_fast` schedule."""
-    from ..schedules import CosineSchedule, DiscreteSchedule
+    """Inverse of `schedule_to_dict`: a `pd_fast` schedule (`pd_fast.schedules.schedule_from_dict`)."""
+    from .. import schedules
 
-    kind = d.get("kind") if isinstance(d, dict) else None
-    if kind == "cosine":
-        return CosineSchedule(d["logsnr_min"], d["logsnr_max"])
-    if kind == "discrete":
-        return DiscreteSchedule(torch.tensor(d["alphas_cumprod"], dtype=torch.float64))
-    raise ValueError(f"schedule description must have kind 'cosine' or 'discrete', got {d!r}")
+    return schedules.schedule_from_dict(d)
 
 
 # ----- models ----------------------------------------------------------------------------------

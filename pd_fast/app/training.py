@@ -509,7 +509,7 @@ def train_teacher(
                 torch.ones_like(alpha_t),
                 torch.zeros_like(sigma_t),
                 param,
-                weighting,
+                weighting=weighting,
             ).mean()
             lr_it = lr * min(1.0, (it + 1) / warmup) if warmup else lr
             grad_norm = _update(params, opt, loss, lr_it, grad_clip)
@@ -728,7 +728,7 @@ def progressive_distill(
                         )
                     out = net(z_t, t.to(dtype))
                     loss = fused_distill_loss(
-                        out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, param, weighting
+                        out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, param, weighting=weighting
                     ).mean()
                     lr_it = lr * (1.0 - it / n_iters)
                     grad_norm = _update(params, opt, loss, lr_it, grad_clip)

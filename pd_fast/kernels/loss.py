@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .step import _check_coefs, _check_out, _check_param
+from ._launch import check_coefs, check_out, check_param
+from .step import x_eps_from_out
 
 BLOCK = 1024
 NUM_WARPS = 4
@@ -25,7 +26,8 @@ def distill_loss_kernel(
 ):  # fmt: skip
     """Program (b, c) covers blocks c, c + n_chunks, ... of example b's M elements:
     `x_tilde = p*z_tpp + q*z_t` ([PD] Algorithm 2 line 9 with p, q from float64),
-    `x_hat` = student prediction (docs/spec.md section 2, unclipped), `diff = x_hat - x_tilde`,
+    `x_hat` = the student's unclipped prediction (`x_eps_from_out`, docs/spec.md section 2),
+    `diff = x_hat - x_tilde`,
     `grad = (2w/M) * diff * d x_hat/d out` (docs/spec.md section 5), and `partial[b, c] = sum diff^2`.
     """
     b = tl.program_id(0).to(tl.int64)
@@ -50,16 +52,12 @@ def distill_loss_kernel(
         z_t = tl.load(z_t_ptr + b * M + j, mask=mask).to(tl.float32)
         z_tpp = tl.load(z_tpp_ptr + b * M + j, mask=mask).to(tl.float32)
         o_offs = (b * 2 * M if PARAM == "both" else b * M) + j  # out is (B, 2M) for 'both', else (B, M)
-        o = tl.load(out_ptr + o_offs, mask=mask).to(tl.float32)
-        if PARAM == "eps":
-            x_hat = (z_t - sigma * o) / alpha
-        elif PARAM == "x":
-            x_hat = o
-        elif PARAM == "v":
-            x_hat = alpha * z_t - sigma * o
-        else:
+        o_x = tl.load(out_ptr + o_offs, mask=mask).to(tl.float32)
+        if PARAM == "both":
             o_e = tl.load(out_ptr + o_offs + M, mask=mask).to(tl.float32)
-            x_hat = sigma * sigma * o + alpha * (z_t - sigma * o_e)
+        else:
+            o_e = o_x
+        x_hat, _ = x_eps_from_out(z_t, o_x, o_e, alpha, sigma, PARAM, False)
         diff = tl.where(mask, x_hat - (p * z_tpp + q * z_t), 0.0)
         acc += diff * diff
         grad_ty = grad_ptr.dtype.element_ty
@@ -91,8 +89,8 @@ def distill_loss_fwd_bwd(
     Returns `(loss: fp32 (B,), grad: out's shape, contiguous, in `grad_dtype` (default out's dtype))`;
     fp16 callers that scale the gradient afterwards should ask for fp32: w/M * diff can pass 65504.
     """
-    param = _check_param(param)
-    _check_out(out, z_t, param)
+    param = check_param(param)
+    check_out(out, z_t, param)
     if (
         z_tpp.shape != z_t.shape
         or z_tpp.device != z_t.device
@@ -101,7 +99,7 @@ def distill_loss_fwd_bwd(
         raise ValueError(
             f"z_tpp must have shape {tuple(z_t.shape)}, dtype {z_t.dtype} or float32 and device {z_t.device}"
         )
-    coefs = _check_coefs(z_t.shape[0], z_t.device, alpha_t=alpha_t, sigma_t=sigma_t, p=p, q=q, w=w)
+    coefs = check_coefs(z_t.shape[0], z_t.device, alpha_t=alpha_t, sigma_t=sigma_t, p=p, q=q, w=w)
     out, z_t, z_tpp = out.contiguous(), z_t.contiguous(), z_tpp.contiguous()
     grad = torch.empty(out.shape, dtype=grad_dtype or out.dtype, device=out.device)
     batch = z_t.shape[0]

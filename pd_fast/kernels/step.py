@@ -5,6 +5,7 @@ Every step of docs/spec.md section 3 is one linear combination
 `z_s = k_z*z + k_x*x_hat + k_eps*eps_hat + k_noise*noise` with per-example coefficients:
 DDIM (k_x = alpha_s, k_eps = sigma_s), DDIM with eta (k_eps = sqrt(sigma_s^2 - c^2), k_noise = c),
 ancestral (k_z = r*alpha_s/alpha_t, k_x = (1 - r)*alpha_s, k_noise = sqrt(var)), x_hat only (k_x = 1).
+`x_eps_from_out` is the one home of docs/spec.md section 2 in the kernels (the loss kernel calls it too).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-PARAMS = ("eps", "x", "v", "both")
+from ._launch import check_coefs, check_out, check_param
+
 BLOCK = 2048
 NUM_WARPS = 8
 
 
 @triton.jit
-def predict_x_eps(z, o_x, o_e, alpha, sigma, PARAM: tl.constexpr, CLIP: tl.constexpr):
+def x_eps_from_out(z, o_x, o_e, alpha, sigma, PARAM: tl.constexpr, CLIP: tl.constexpr):
     """`(x_hat, eps_hat)` in fp32 per docs/spec.md section 2; `o_x`/`o_e` are the two halves of the output
     for 'both', and both equal the output otherwise. With CLIP, x_hat is clipped to [-1, 1] and
     eps_hat recomputed so that `z = alpha*x_hat + sigma*eps_hat` (official `dpm.py`)."""
@@ -68,7 +70,7 @@ def sampler_step_kernel(
         o_e = o_x
     alpha = tl.load(alpha_ptr + b, mask=mask, other=1.0)
     sigma = tl.load(sigma_ptr + b, mask=mask, other=1.0)
-    x_hat, eps_hat = predict_x_eps(z, o_x, o_e, alpha, sigma, PARAM, CLIP)
+    x_hat, eps_hat = x_eps_from_out(z, o_x, o_e, alpha, sigma, PARAM, CLIP)
     k_z = tl.load(k_z_ptr + b, mask=mask)
     k_x = tl.load(k_x_ptr + b, mask=mask)
     k_eps = tl.load(k_eps_ptr + b, mask=mask)
@@ -79,32 +81,6 @@ def sampler_step_kernel(
     tl.store(z_s_ptr + offs, z_s.to(z_s_ptr.dtype.element_ty), mask=mask)
     if WRITE_X_HAT:
         tl.store(x_hat_ptr + offs, x_hat.to(x_hat_ptr.dtype.element_ty), mask=mask)
-
-
-def _check_param(param: str) -> str:
-    if param not in PARAMS:
-        raise ValueError(f"param must be one of {PARAMS}, got {param!r}")
-    return param
-
-
-def _check_coefs(batch: int, device: torch.device, **coefs: torch.Tensor) -> list[torch.Tensor]:
-    """Each coefficient as a contiguous fp32 (B,) tensor on `device`; ValueError naming it otherwise."""
-    checked = []
-    for name, c in coefs.items():
-        if not isinstance(c, torch.Tensor) or c.shape != (batch,) or c.device != device:
-            raise ValueError(f"{name} must be a tensor of shape ({batch},) on {device}")
-        checked.append(c.to(torch.float32).contiguous())
-    return checked
-
-
-def _check_out(out: torch.Tensor, z: torch.Tensor, param: str, name: str = "out") -> None:
-    expected = list(z.shape)
-    if param == "both":
-        if z.ndim < 2:
-            raise ValueError(f"{name}: param 'both' needs a channel axis (z of at least 2 dims)")
-        expected[1] *= 2
-    if list(out.shape) != expected or out.dtype != z.dtype or out.device != z.device:
-        raise ValueError(f"{name} must have shape {tuple(expected)}, dtype {z.dtype} and device {z.device}")
 
 
 def sampler_step(
@@ -129,11 +105,11 @@ def sampler_step(
     to contiguous ones first (`.contiguous()`), so strides never matter.
     Returns `(z_s, x_hat if write_x_hat else None)`, contiguous, in z's dtype and shape.
     """
-    param = _check_param(param)
-    _check_out(out, z, param)
+    param = check_param(param)
+    check_out(out, z, param)
     if noise is not None and (noise.shape != z.shape or noise.dtype != z.dtype or noise.device != z.device):
         raise ValueError(f"noise must have z's shape {tuple(z.shape)}, dtype {z.dtype} and device {z.device}")
-    coefs = _check_coefs(
+    coefs = check_coefs(
         z.shape[0], z.device, alpha_t=alpha_t, sigma_t=sigma_t, k_z=k_z, k_x=k_x, k_eps=k_eps, k_noise=k_noise
     )
     z, out = z.contiguous(), out.contiguous()

@@ -189,7 +189,7 @@ def test_steps_vs_latency_timed_updates_are_pd_refs_ddim_step(scripts):
             ["triton"] if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") else []
         )
         for backend in backends:
-            updates[backend] = steps_vs_latency._pd_fast_update(model, z, backend)[0]
+            updates[backend] = steps_vs_latency.pd_fast_update(model, z, backend)[0]
         for name, update in updates.items():
             got = update().double().cpu().numpy()
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=name)

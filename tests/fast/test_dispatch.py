@@ -54,7 +54,7 @@ def _run_everything(z: torch.Tensor) -> None:
     out = torch.randn(z.shape[0], 2 * z.shape[1], requires_grad=True)
     schedule = pd_fast.CosineSchedule()
     pd_fast.ddim_step(z, out.detach(), 0.6, 0.8, 0.8, 0.6, "both", eta=0.5, noise=z)
-    pd_fast.ancestral_step(z, out.detach(), 0.6, 0.8, 0.8, 0.6, "both", z)
+    pd_fast.ancestral_step(z, out.detach(), 0.6, 0.8, 0.8, 0.6, "both", noise=z)
     pd_fast.sample(lambda z, t: torch.cat([z, z], 1), z, 2, schedule, "both")
     pd_fast.teacher_two_step(lambda z, t: torch.cat([z, z], 1), z, 0.5, 4, schedule, "both")
     pd_fast.distill_loss(out, z, z, 0.6, 0.8, "both").sum().backward()

@@ -4,6 +4,8 @@ rounded values; tolerances (per dtype, and why) live in tests/tolerances.py."""
 
 from __future__ import annotations
 
+import inspect
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 import pd_fast
 import pd_ref
+from pd_fast.schedules import schedule_from_dict
 from tests.fast_support import (
     DTYPES,
     analytic_grad,
@@ -138,8 +141,12 @@ def test_diffuse_matches_ref(case):
 @given(case=cases())
 def test_predict_x_eps_matches_ref(case):
     (z, out, _), (z_r, out_r, _), args, refs = step_inputs(case)
-    x_hat, eps_hat = pd_fast.predict_x_eps(z, out, args["alpha_t"], args["sigma_t"], case.param, case.clip)
-    x_ref, eps_ref = pd_ref.predict_x_eps(z_r, out_r, refs["alpha_t"], refs["sigma_t"], case.param, case.clip)
+    x_hat, eps_hat = pd_fast.predict_x_eps(
+        z, out, args["alpha_t"], args["sigma_t"], case.param, clip=case.clip
+    )
+    x_ref, eps_ref = pd_ref.predict_x_eps(
+        z_r, out_r, refs["alpha_t"], refs["sigma_t"], case.param, clip=case.clip
+    )
     c = shaped(refs, z.ndim)
     x_scale, eps_scale = predict_scale(case.param, z_r, out_r, c["alpha_t"], c["sigma_t"], case.clip)
     assert_close(x_hat, x_ref, case.dtype, x_scale, "x_hat")
@@ -151,9 +158,9 @@ def test_predict_x_eps_matches_ref(case):
 def test_ddim_step_matches_ref(backend, case, eta):
     (z, out, noise), (z_r, out_r, noise_r), args, refs = step_inputs(case)
     coefs = [args[k] for k in ("alpha_t", "sigma_t", "alpha_s", "sigma_s")]
-    fast = pd_fast.ddim_step(z, out, *coefs, case.param, case.clip, eta, noise)
+    fast = pd_fast.ddim_step(z, out, *coefs, case.param, clip=case.clip, eta=eta, noise=noise)
     ref_coefs = [refs[k] for k in ("alpha_t", "sigma_t", "alpha_s", "sigma_s")]
-    ref = pd_ref.ddim_step(z_r, out_r, *ref_coefs, case.param, case.clip, eta, noise_r)
+    ref = pd_ref.ddim_step(z_r, out_r, *ref_coefs, case.param, clip=case.clip, eta=eta, noise=noise_r)
     c = shaped(refs, z.ndim)
     scale = ddim_scale(
         case.param, z_r, out_r, c["alpha_t"], c["sigma_t"], c["alpha_s"], c["sigma_s"], case.clip,
@@ -167,9 +174,11 @@ def test_ddim_step_matches_ref(backend, case, eta):
 def test_ancestral_step_matches_ref(backend, case, variance):
     (z, out, noise), (z_r, out_r, noise_r), args, refs = step_inputs(case)
     coefs = [args[k] for k in ("alpha_t", "sigma_t", "alpha_s", "sigma_s")]
-    fast = pd_fast.ancestral_step(z, out, *coefs, case.param, noise, variance, case.clip)
+    fast = pd_fast.ancestral_step(z, out, *coefs, case.param, clip=case.clip, variance=variance, noise=noise)
     ref_coefs = [refs[k] for k in ("alpha_t", "sigma_t", "alpha_s", "sigma_s")]
-    ref = pd_ref.ancestral_step(z_r, out_r, *ref_coefs, case.param, noise_r, variance, case.clip)
+    ref = pd_ref.ancestral_step(
+        z_r, out_r, *ref_coefs, case.param, clip=case.clip, variance=variance, noise=noise_r
+    )
     c = shaped(refs, z.ndim)
     scale = ancestral_scale(
         case.param, z_r, out_r, c["alpha_t"], c["sigma_t"], c["alpha_s"], c["sigma_s"], case.clip, noise_r
@@ -185,16 +194,26 @@ def test_ddim_step_with_eta_one_equals_ancestral_fixed_small(backend, case):
     that float64 discrepancy is allowed on top of both sides' fp32 tolerances."""
     (z, out, noise), (z_r, out_r, noise_r), args, refs = step_inputs(case)
     coefs = [args[k] for k in ("alpha_t", "sigma_t", "alpha_s", "sigma_s")]
-    ddim = pd_fast.ddim_step(z, out, *coefs, case.param, case.clip, 1.0, noise)
-    anc = pd_fast.ancestral_step(z, out, *coefs, case.param, noise, "fixed_small", case.clip)
+    ddim = pd_fast.ddim_step(z, out, *coefs, case.param, clip=case.clip, eta=1.0, noise=noise)
+    anc = pd_fast.ancestral_step(
+        z, out, *coefs, case.param, clip=case.clip, variance="fixed_small", noise=noise
+    )
     c = shaped(refs, z.ndim)
     coefs_r = (c["alpha_t"], c["sigma_t"], c["alpha_s"], c["sigma_s"])
     scale = ancestral_scale(case.param, z_r, out_r, *coefs_r, case.clip, noise_r)
     scale = scale + ddim_scale(case.param, z_r, out_r, *coefs_r, case.clip, noise_r)
     names = ("alpha_t", "sigma_t", "alpha_s", "sigma_s")
-    ref_ddim = pd_ref.ddim_step(z_r, out_r, *[refs[k] for k in names], case.param, case.clip, 1.0, noise_r)
+    ref_ddim = pd_ref.ddim_step(
+        z_r, out_r, *[refs[k] for k in names], case.param, clip=case.clip, eta=1.0, noise=noise_r
+    )
     ref_anc = pd_ref.ancestral_step(
-        z_r, out_r, *[refs[k] for k in names], case.param, noise_r, "fixed_small", case.clip
+        z_r,
+        out_r,
+        *[refs[k] for k in names],
+        case.param,
+        clip=case.clip,
+        variance="fixed_small",
+        noise=noise_r,
     )
     scale = scale + np.abs(ref_ddim - ref_anc) / FP32_RTOL
     # each side carries its own error: the two one-sided tolerances added
@@ -256,12 +275,16 @@ def test_distill_loss_and_grad_match_ref(backend, case, weighting, fp32_target):
     alpha, sigma = ref_schedule(case.schedule).alpha_sigma(case.t)
     args, refs = coefficients(case, {"alpha_t": alpha, "sigma_t": sigma})
     out.requires_grad_(True)
-    loss = pd_fast.distill_loss(out, z, x_tilde, args["alpha_t"], args["sigma_t"], case.param, weighting)
+    loss = pd_fast.distill_loss(
+        out, z, x_tilde, args["alpha_t"], args["sigma_t"], case.param, weighting=weighting
+    )
     incoming = case.rng.uniform(-2.0, 2.0, case.shape[0])
     (loss * torch.tensor(incoming, dtype=torch.float32)).sum().backward()
 
     xt_r = to_np(x_tilde)
-    ref_loss = pd_ref.distill_loss(out_r, z_r, xt_r, refs["alpha_t"], refs["sigma_t"], case.param, weighting)
+    ref_loss = pd_ref.distill_loss(
+        out_r, z_r, xt_r, refs["alpha_t"], refs["sigma_t"], case.param, weighting=weighting
+    )
     c = shaped(refs, z.ndim)
     w = per_example(pd_ref.loss_weight(refs["alpha_t"], refs["sigma_t"], weighting), z.ndim)
     ref_grad, factor = analytic_grad(case.param, z_r, out_r, xt_r, c["alpha_t"], c["sigma_t"], w)
@@ -292,13 +315,17 @@ def test_fused_distill_loss_and_grad_match_ref(backend, case, weighting, final, 
     out = as_torch(case.rng.standard_normal(out_shape(case.shape, case.param)), case.dtype, case.layout)
     out.requires_grad_(True)
     names = ("alpha_t", "sigma_t", "alpha_tpp", "sigma_tpp")
-    loss = pd_fast.fused_distill_loss(out, z_t, z_tpp, *[args[k] for k in names], case.param, weighting)
+    loss = pd_fast.fused_distill_loss(
+        out, z_t, z_tpp, *[args[k] for k in names], case.param, weighting=weighting
+    )
     incoming = case.rng.uniform(-2.0, 2.0, case.shape[0])
     (loss * torch.tensor(incoming, dtype=torch.float32)).sum().backward()
 
     z_r, zpp_r, out_r = to_np(z_t), to_np(z_tpp), to_np(out)
     xt_r = pd_ref.two_step_target(z_r, zpp_r, *[refs[k] for k in names])
-    ref_loss = pd_ref.distill_loss(out_r, z_r, xt_r, refs["alpha_t"], refs["sigma_t"], case.param, weighting)
+    ref_loss = pd_ref.distill_loss(
+        out_r, z_r, xt_r, refs["alpha_t"], refs["sigma_t"], case.param, weighting=weighting
+    )
     w = per_example(pd_ref.loss_weight(refs["alpha_t"], refs["sigma_t"], weighting), z_t.ndim)
     ref_grad, factor = analytic_grad(case.param, z_r, out_r, xt_r, c["alpha_t"], c["sigma_t"], w)
     x_scale, _ = predict_scale(case.param, z_r, out_r, c["alpha_t"], c["sigma_t"], False)
@@ -324,9 +351,9 @@ def test_loss_backward_scales_by_the_incoming_gradient(backend, fused):
         zt, xt = torch.tensor(z, dtype=torch.float32), torch.tensor(x_tilde, dtype=torch.float32)
         a, s = torch.tensor(alpha), torch.tensor(sigma)
         if fused:  # x_tilde as a final-interval target
-            loss = pd_fast.fused_distill_loss(o, zt, xt, a, s, 1.0, 0.0, param, "snr+1")
+            loss = pd_fast.fused_distill_loss(o, zt, xt, a, s, 1.0, 0.0, param, weighting="snr+1")
         else:
-            loss = pd_fast.distill_loss(o, zt, xt, a, s, param, "snr+1")
+            loss = pd_fast.distill_loss(o, zt, xt, a, s, param, weighting="snr+1")
         if np.all(incoming == 0.25):
             loss.mean().backward()
         else:
@@ -334,7 +361,7 @@ def test_loss_backward_scales_by_the_incoming_gradient(backend, fused):
         grads.append((incoming, o.grad.double().numpy()))
 
     def ref_loss(o):
-        return pd_ref.distill_loss(o, z, x_tilde, alpha, sigma, param, "snr+1")
+        return pd_ref.distill_loss(o, z, x_tilde, alpha, sigma, param, weighting="snr+1")
 
     h = 1e-6
     fd = np.zeros((4,) + out.shape)  # fd[b] = d loss_b / d out, central differences in float64
@@ -423,8 +450,9 @@ def test_sample_matches_ref(
     rng = np.random.default_rng(seed)
     z = as_torch(rng.standard_normal(shape), dtype)
     fast = pd_fast.sample(
-        gaussian_model(param), z, steps, fast_schedule(schedule), param, clip, sampler, eta, seed, variance
-    )
+        gaussian_model(param), z, steps, fast_schedule(schedule), param,
+        clip=clip, sampler=sampler, eta=eta, variance=variance, seed=seed,
+    )  # fmt: skip
     model_ref, schedule_ref = gaussian_model_ref(param, dtype), ref_schedule(schedule)
     noisy = sampler == "ancestral" or eta > 0
     generator = torch.Generator().manual_seed(seed)
@@ -437,7 +465,7 @@ def test_sample_matches_ref(
     )
     if not noisy:  # the loop above is pd_ref.sample's
         np.testing.assert_array_equal(
-            ref, pd_ref.sample(model_ref, to_np(z), steps, schedule_ref, param, clip)
+            ref, pd_ref.sample(model_ref, to_np(z), steps, schedule_ref, param, clip=clip)
         )
     scale = SAMPLER_GAIN * (1.0 + OUT_RTOL[dtype] / FP32_RTOL) * scales
     assert_close(fast, ref, dtype, scale, f"sample {sampler} N={steps}")
@@ -473,6 +501,49 @@ def test_schedules_match_ref(name, it, seed):
         np.testing.assert_allclose(to_np(fast.alphas_cumprod), ref.alphas_cumprod, rtol=1e-12)
 
 
+def test_schedules_serialize_in_the_checkpoint_format_and_load_it_back():
+    """`to_dict` writes what checkpoints have always stored, and `schedule_from_dict` reads such a
+    dict (written here by hand) back into the same schedule."""
+    cosine = {"kind": "cosine", "logsnr_min": -15.0, "logsnr_max": 12.5}
+    assert pd_fast.CosineSchedule(-15.0, 12.5).to_dict() == cosine
+    acp = pd_ref.DiscreteSchedule.from_betas("linear", 20).alphas_cumprod.tolist()
+    discrete = {"kind": "discrete", "alphas_cumprod": acp}
+    assert pd_fast.DiscreteSchedule(acp).to_dict() == discrete
+    t = torch.linspace(0, 1, 41, dtype=torch.float64)
+    for d, ref in ((cosine, pd_ref.CosineSchedule(-15.0, 12.5)), (discrete, pd_ref.DiscreteSchedule(acp))):
+        rebuilt = schedule_from_dict(json.loads(json.dumps(d)))
+        assert rebuilt.to_dict() == d
+        for got, want in zip(rebuilt.alpha_sigma(t), ref.alpha_sigma(t.numpy()), strict=True):
+            np.testing.assert_allclose(to_np(got), want, rtol=1e-12, atol=1e-15)
+    for bad in ({"kind": "linear"}, ["cosine"]):
+        with pytest.raises(ValueError, match="kind"):
+            schedule_from_dict(bad)
+
+
+# ------------------------------------------------------------------ the signatures
+
+KEYWORD_ONLY = {
+    "predict_x_eps": ["clip"],
+    "ddim_step": ["clip", "eta", "noise"],
+    "ancestral_step": ["clip", "variance", "noise"],
+    "sample": ["clip", "sampler", "eta", "variance", "seed"],
+    "distill_loss": ["weighting"],
+}
+
+
+@pytest.mark.parametrize("name", KEYWORD_ONLY)
+def test_arguments_after_param_are_keyword_only_in_one_order_in_both_packages(name):
+    """docs/spec.md section 7: after `param`, keyword-only arguments in the order listed there;
+    pd_fast may add its own after pd_ref's."""
+    for package in (pd_ref, pd_fast):
+        parameters = list(inspect.signature(getattr(package, name)).parameters.values())
+        after = parameters[[p.name for p in parameters].index("param") + 1 :]
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in after), (package.__name__, name)
+        assert [p.name for p in after][: len(KEYWORD_ONLY[name])] == KEYWORD_ONLY[name]
+    fused = inspect.signature(pd_fast.fused_distill_loss).parameters["weighting"]
+    assert fused.kind is inspect.Parameter.KEYWORD_ONLY
+
+
 # ------------------------------------------------------------------ errors
 
 Z, OUT, COS = np.zeros((2, 3)), np.zeros((2, 3)), (0.6, 0.8, 0.8, 0.6)
@@ -505,8 +576,8 @@ ERROR_CASES = {
     "sigma_s >= sigma_t": _pair("ddim_step", Z, OUT, *COS[2:], *COS[:2], "x"),
     "eta must lie in": _pair("ddim_step", Z, OUT, *COS, "x", eta=1.5, noise=Z),
     "noise is required": _pair("ddim_step", Z, OUT, *COS, "x", eta=0.5),
-    "noise must have the shape of z_t": _pair("ancestral_step", Z, OUT, *COS, "x", np.zeros((2, 4))),
-    "variance must be one of": _pair("ancestral_step", Z, OUT, *COS, "x", Z, variance="wide"),
+    "noise must have the shape of z_t": _pair("ancestral_step", Z, OUT, *COS, "x", noise=np.zeros((2, 4))),
+    "variance must be one of": _pair("ancestral_step", Z, OUT, *COS, "x", variance="wide", noise=Z),
     "x_tilde must have the shape of z_t": _pair("distill_loss", OUT, Z, np.zeros((3, 3)), 0.6, 0.8, "x"),
     "weighting must be one of": _pair("distill_loss", OUT, Z, Z, 0.6, 0.8, "x", weighting="snr2"),
     "z_tpp must have the shape of z_t": _pair("two_step_target", Z, np.zeros((2, 2)), 0.6, 0.8, 0.8, 0.6),

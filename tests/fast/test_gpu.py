@@ -61,11 +61,13 @@ def test_steps_on_cuda_match_ref(cuda_backend, param, dtype):
     args = [torch.tensor(c, device="cuda") for c in coefs]
     c = [per_example(v, len(SHAPE)) for v in coefs]
     for clip in (False, True):
-        fast = pd_fast.ddim_step(z, out, *args, param, clip, 0.5, noise)
-        ref = pd_ref.ddim_step(z_r, out_r, *coefs, param, clip, 0.5, noise_r)
+        fast = pd_fast.ddim_step(z, out, *args, param, clip=clip, eta=0.5, noise=noise)
+        ref = pd_ref.ddim_step(z_r, out_r, *coefs, param, clip=clip, eta=0.5, noise=noise_r)
         assert_close(fast, ref, dtype, ddim_scale(param, z_r, out_r, *c, clip, noise_r), "ddim_step")
-        fast = pd_fast.ancestral_step(z, out, *args, param, noise, "fixed_small", clip)
-        ref = pd_ref.ancestral_step(z_r, out_r, *coefs, param, noise_r, "fixed_small", clip)
+        fast = pd_fast.ancestral_step(z, out, *args, param, clip=clip, variance="fixed_small", noise=noise)
+        ref = pd_ref.ancestral_step(
+            z_r, out_r, *coefs, param, clip=clip, variance="fixed_small", noise=noise_r
+        )
         assert_close(fast, ref, dtype, ancestral_scale(param, z_r, out_r, *c, clip, noise_r), "ancestral")
 
 
@@ -81,13 +83,13 @@ def test_fused_loss_on_cuda_matches_ref(cuda_backend, param, dtype):
     out = as_torch(rng.standard_normal(out_shape(SHAPE, param)), dtype, "channels_last", "cuda")
     out.requires_grad_(True)
     coefs = [torch.tensor(v, device="cuda") for v in (alpha_t, sigma_t, alpha_tpp, sigma_tpp)]
-    loss = pd_fast.fused_distill_loss(out, z_t, z_tpp, *coefs, param, "snr_trunc")
+    loss = pd_fast.fused_distill_loss(out, z_t, z_tpp, *coefs, param, weighting="snr_trunc")
     incoming = rng.uniform(-2, 2, SHAPE[0])
     loss.backward(torch.tensor(incoming, dtype=torch.float32, device="cuda"))
 
     z_r, zpp_r, out_r = to_np(z_t), to_np(z_tpp), to_np(out)
     xt_r = pd_ref.two_step_target(z_r, zpp_r, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
-    ref_loss = pd_ref.distill_loss(out_r, z_r, xt_r, alpha_t, sigma_t, param, "snr_trunc")
+    ref_loss = pd_ref.distill_loss(out_r, z_r, xt_r, alpha_t, sigma_t, param, weighting="snr_trunc")
     w = per_example(pd_ref.loss_weight(alpha_t, sigma_t, "snr_trunc"), len(SHAPE))
     ref_grad, factor = analytic_grad(param, z_r, out_r, xt_r, c[0], c[1], w)
     x_scale, _ = predict_scale(param, z_r, out_r, c[0], c[1], False)
@@ -118,7 +120,7 @@ def test_sample_on_cuda_matches_ref(cuda_backend, sampler):
     param, steps, dtype, seed, eta = "v", 6, "float32", 7, 0.3
     z = as_torch(rng.standard_normal((2, 3, 8, 8)), dtype, "contiguous", "cuda")
     model, schedule = gaussian_model(param), fast_schedule("cosine")
-    fast = pd_fast.sample(model, z, steps, schedule, param, False, sampler, eta, seed, "fixed_large")
+    fast = pd_fast.sample(model, z, steps, schedule, param, sampler=sampler, eta=eta, seed=seed)
     generator = torch.Generator(device="cuda").manual_seed(seed)
     noises = [to_np(torch.randn(z.shape, generator=generator, device="cuda")) for _ in range(steps - 1)]
     model_ref = gaussian_model_ref(param, dtype)
@@ -137,9 +139,10 @@ def test_cuda_graph_sample_equals_eager(cuda_backend, sampler, eta, seed, dtype)
     noise): bitwise equal."""
     z = torch.randn(3, 4, 16, 16, device="cuda").to(DTYPES[dtype])
     for param in PARAMS:
-        args = (gaussian_model(param), z, 12, pd_fast.CosineSchedule(), param, True, sampler, eta, seed)
-        eager = pd_fast.sample(*args)
-        graphed = pd_fast.sample(*args, cuda_graph=True)
+        args = (gaussian_model(param), z, 12, pd_fast.CosineSchedule(), param)
+        kwargs = {"clip": True, "sampler": sampler, "eta": eta}
+        eager = pd_fast.sample(*args, **kwargs, seed=seed)
+        graphed = pd_fast.sample(*args, **kwargs, seed=seed, cuda_graph=True)
         torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
         if seed is not None:  # the noise matters, and a new seed gives a new sample
-            assert not torch.equal(graphed, pd_fast.sample(*args[:-1], seed + 1, cuda_graph=True))
+            assert not torch.equal(graphed, pd_fast.sample(*args, **kwargs, seed=seed + 1, cuda_graph=True))

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from pd_fast.kernels import distill_loss_fwd_bwd, sampler_step
+from pd_fast import _checks
+from pd_fast.kernels import _launch, distill_loss_fwd_bwd, sampler_step
 from pd_ref.distillation import distill_loss, two_step_target
 from pd_ref.parameterizations import predict_x_eps
 from pd_ref.sampling import ancestral_step, ddim_step
+from tests.strategies import PARAMS
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-PARAMS = ("eps", "x", "v", "both")
 RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # of the largest |value|
 
 
@@ -65,8 +66,8 @@ def test_sampler_step_with_ddim_coefficients_equals_ref_ddim_step(param: str, cl
         z, out, vec(alpha_t), vec(sigma_t), vec(zero), vec(alpha_s), vec(sigma_s), vec(zero), param, clip,
         write_x_hat=True,
     )  # fmt: skip
-    close(z_s, ddim_step(f64(z), f64(out), alpha_t, sigma_t, alpha_s, sigma_s, param, clip))
-    close(x_hat, predict_x_eps(f64(z), f64(out), alpha_t, sigma_t, param, clip)[0])
+    close(z_s, ddim_step(f64(z), f64(out), alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip))
+    close(x_hat, predict_x_eps(f64(z), f64(out), alpha_t, sigma_t, param, clip=clip)[0])
     assert z_s.shape == z.shape and z_s.is_contiguous()
 
 
@@ -83,7 +84,7 @@ def test_sampler_step_with_ancestral_coefficients_equals_ref_ancestral_step(para
         z, out, vec(alpha_t), vec(sigma_t), vec(k_z), vec(k_x), vec(np.zeros(2)), vec(k_noise), param, False,
         noise=noise,
     )  # fmt: skip
-    want = ancestral_step(f64(z), f64(out), alpha_t, sigma_t, alpha_s, sigma_s, param, f64(noise))
+    want = ancestral_step(f64(z), f64(out), alpha_t, sigma_t, alpha_s, sigma_s, param, noise=f64(noise))
     close(z_s, want)
     assert x_hat is None
 
@@ -138,7 +139,7 @@ def fused_loss(out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, w, param
 
 def ref_loss(out: np.ndarray, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, w, param) -> np.ndarray:
     x_tilde = two_step_target(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
-    return w * distill_loss(out, z_t, x_tilde, alpha_t, sigma_t, param, "constant")
+    return w * distill_loss(out, z_t, x_tilde, alpha_t, sigma_t, param, weighting="constant")
 
 
 @pytest.mark.parametrize("param", PARAMS)
@@ -185,6 +186,11 @@ def test_distill_loss_half_precision_inputs(dtype: torch.dtype) -> None:
     loss, grad = fused_loss(out, z_t, z_tpp, *coefs, w, "v")
     close(loss, ref_loss(f64(out), f64(z_t), f64(z_tpp), *coefs, w, "v"), dtype)
     assert grad.dtype == dtype and loss.dtype == torch.float32
+
+
+def test_the_kernels_know_the_params_of_the_core() -> None:
+    """The launchers' own list (the kernels cannot import the core) is the core's, in order."""
+    assert _launch.PARAMS == _checks.PARAMS == PARAMS
 
 
 def test_unknown_param_raises_value_error_naming_it() -> None:

@@ -101,7 +101,7 @@ def test_weightings_equal_the_mse_they_name(param, shape, seed, weighting):
     x_mse, eps_mse = _mse(x_hat, x_tilde), _mse(eps_hat, eps_tilde)
     v_mse = _mse(a * eps_hat - s * x_hat, a * eps_tilde - s * x_tilde)
     expected = {"constant": x_mse, "snr": eps_mse, "snr_trunc": np.maximum(x_mse, eps_mse), "snr+1": v_mse}
-    loss = pd_ref.distill_loss(out, z_t, x_tilde, alpha, sigma, param, weighting)
+    loss = pd_ref.distill_loss(out, z_t, x_tilde, alpha, sigma, param, weighting=weighting)
     assert loss.shape == (shape[0],)
     np.testing.assert_allclose(loss, expected[weighting], rtol=1e-9)
 

@@ -106,7 +106,7 @@ def test_ddim_with_eta_one_equals_ancestral_fixed_small(param, shape, t, ds, see
     z_t, noise = rng.standard_normal(shape), rng.standard_normal(shape)
     coefs = (*COSINE.alpha_sigma(t), *COSINE.alpha_sigma(s))
     ddim = pd_ref.ddim_step(z_t, out, *coefs, param, eta=1.0, noise=noise)
-    anc = pd_ref.ancestral_step(z_t, out, *coefs, param, noise, variance="fixed_small")
+    anc = pd_ref.ancestral_step(z_t, out, *coefs, param, variance="fixed_small", noise=noise)
     np.testing.assert_allclose(ddim, anc, rtol=1e-9, atol=1e-9)
 
 

@@ -1,0 +1,204 @@
+"""The step engine under `pd_fast.sampling` and `pd_fast.distillation` (docs/spec.md sections 2-3):
+package-internal, with public names so that those modules and the benchmarks share it.
+
+Every step is one linear combination with per-example coefficients
+`z_s = k_z*z_t + k_x*x_hat + k_eps*eps_hat + k_noise*noise` ((x_hat, eps_hat) from the network
+output, docs/spec.md section 2). The step formulas give the coefficients in float64 (`ddim_coefs`,
+`ancestral_coefs` in sampling.py; `x_hat_coefs` here, the sampler's last call); `prepare` casts
+them to fp32; `apply` runs the combination in fp32, in one fused pass on the Triton path
+(`kernels.sampler_step`) or as the torch expression on the torch path. `plan` computes every
+step of the sampler before its `loop` (no host work inside the loop, so it can be captured in a
+CUDA graph: `graphed_loop`). Nothing here checks its inputs: the public functions did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from ._backend import kernels
+from ._checks import like, out_matches, per_example, tensor
+from .parameterizations import x_eps_from_out
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class StepCoefs(NamedTuple):
+    """Per-example coefficients of `z_s = k_z*z_t + k_x*x_hat + k_eps*eps_hat + k_noise*noise`,
+    float64 tensors; None marks a term the step does not have."""
+
+    k_z: torch.Tensor | None
+    k_x: torch.Tensor
+    k_eps: torch.Tensor | None
+    k_noise: torch.Tensor | None
+
+
+#: a step formula: (alpha_t, sigma_t, alpha_s, sigma_s), float64 tensors of one shape -> StepCoefs
+StepRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], StepCoefs]
+
+#: what `apply` takes: (alpha_t, sigma_t, k_z, k_x, k_eps, k_noise) as fp32 (B,) tensors
+Prepared = tuple[torch.Tensor | None, ...]
+
+
+def x_hat_coefs(alpha_t: torch.Tensor) -> StepCoefs:
+    """`x_hat` itself (the sampler's last step, docs/spec.md section 3): k_x = 1, no other term."""
+    return StepCoefs(None, torch.ones_like(alpha_t), None, None)
+
+
+def prepare(alpha_t: torch.Tensor, sigma_t: torch.Tensor, k: StepCoefs, backend: str) -> Prepared:
+    """Float64 (B,) coefficients as contiguous fp32 (B,) tensors; on the Triton path an absent
+    term becomes a zero coefficient (the kernel always has all four)."""
+    coefs = (alpha_t, sigma_t, *k)
+    if backend == "triton":
+        coefs = tuple(torch.zeros_like(alpha_t) if c is None else c for c in coefs)
+    return tuple(None if c is None else c.to(torch.float32).contiguous() for c in coefs)
+
+
+def apply(
+    backend: str,
+    z: torch.Tensor,
+    out: torch.Tensor,
+    coefs: Prepared,
+    param: str,
+    clip: bool,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """`z_s = k_z*z + k_x*x_hat + k_eps*eps_hat + k_noise*noise` in fp32, returned in z's dtype.
+    `noise` is None exactly when k_noise is absent."""
+    alpha_t, sigma_t, k_z, k_x, k_eps, k_noise = coefs
+    if backend == "triton":
+        z_s, _ = kernels().sampler_step(
+            z, out, alpha_t, sigma_t, k_z, k_x, k_eps, k_noise, param, clip, noise
+        )
+        return z_s
+    nd = z.ndim
+    z32 = z.float()
+    x_hat, eps_hat = x_eps_from_out(
+        z32, out.float(), per_example(alpha_t, nd), per_example(sigma_t, nd), param, clip
+    )
+    z_s = per_example(k_x, nd) * x_hat
+    if k_z is not None:
+        z_s = per_example(k_z, nd) * z32 + z_s
+    if k_eps is not None:
+        z_s = z_s + per_example(k_eps, nd) * eps_hat
+    if k_noise is not None:
+        z_s = z_s + per_example(k_noise, nd) * noise.float()
+    return z_s.to(z.dtype)
+
+
+def on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A schedule's (alpha, sigma) as float64 CPU tensors (pd_fast schedules give tensors; any
+    schedule with an `alpha_sigma` giving arrays works too)."""
+    return tuple(torch.as_tensor(c, dtype=torch.float64).cpu() for c in pair)
+
+
+def model_out(model: Model, z: torch.Tensor, t: torch.Tensor, param: str) -> torch.Tensor:
+    """`model(z, t)`, checked: a tensor of z's dtype and device, shaped as `param` wants."""
+    out = tensor("model output", model(z, t))
+    like("model output", out, "z", z)
+    out_matches(out, z, param, name="model output")
+    return out
+
+
+@dataclass
+class Plan:
+    """Everything the sampler's loop needs, computed before it (no host work inside the loop)."""
+
+    t: list[torch.Tensor]  # model times, (B,) in z's dtype, one per model call
+    coefs: list[Prepared]  # one per model call; the last gives x_hat
+    noisy: bool  # whether the steps (all but the last) draw noise
+
+
+def plan(z: torch.Tensor, steps: int, schedule: Any, rule: StepRule, backend: str) -> Plan:
+    """Per-step coefficients on the grid `t_i = i/N`, i = N .. 1 (docs/spec.md section 3): `rule`
+    for the steps to `s = t - 1/N`, `x_hat_coefs` for the last call; schedule values and
+    coefficients in float64 (all steps at once), then one copy to z's device in fp32.
+
+    Rows are padded to a multiple of 8 entries so that every (B,) view starts 16-byte aligned
+    (a kernel compiled for one step fits every other, which CUDA-graph capture relies on)."""
+    batch, device = z.shape[0], z.device
+    t = torch.arange(steps, 0, -1, dtype=torch.float64) / steps
+    s = torch.arange(steps - 1, -1, -1, dtype=torch.float64) / steps
+    alpha_t, sigma_t = on_cpu(schedule.alpha_sigma(t))
+    alpha_s, sigma_s = on_cpu(schedule.alpha_sigma(s))
+    k = rule(alpha_t, sigma_t, alpha_s, sigma_s)
+    last = x_hat_coefs(alpha_t)
+    zero = torch.zeros_like(alpha_t)
+    columns = [alpha_t, sigma_t]  # one row per model call; the last row is the x_hat-only call
+    for c_step, c_last in zip(k, last, strict=True):
+        c_step, c_last = (zero if c is None else c for c in (c_step, c_last))
+        columns.append(torch.cat([c_step[:-1], c_last[-1:]]))
+    present_step = (True, True) + tuple(c is not None or backend == "triton" for c in k)
+    present_last = (True, True) + tuple(c is not None or backend == "triton" for c in last)
+    padded = -(-batch // 8) * 8
+    table = torch.stack(columns, dim=1).to(device=device, dtype=torch.float32)  # (N, 6)
+    table = table.unsqueeze(-1).expand(steps, 6, padded).contiguous()
+    times = t.to(device=device, dtype=z.dtype).unsqueeze(-1).expand(steps, padded).contiguous()
+    coefs = []
+    for j in range(steps):
+        present = present_last if j == steps - 1 else present_step
+        coefs.append(tuple(table[j, c, :batch] if present[c] else None for c in range(6)))
+    return Plan([times[j, :batch] for j in range(steps)], coefs, k.k_noise is not None)
+
+
+def loop(
+    model: Model,
+    z: torch.Tensor,
+    plan: Plan,
+    param: str,
+    clip: bool,
+    generator: torch.Generator | None,
+    backend: str,
+    progress: bool = False,
+    calls: list[int] | None = None,
+) -> torch.Tensor:
+    """The sampler's loop over `calls` (default all): one model call and one step each; the last
+    call returns x_hat. Noise: one `randn(z.shape)` in z's dtype per step with noise, in order."""
+    steps = len(plan.t)
+    for j in tqdm(calls or range(steps), disable=not progress, desc="sampling", leave=False):
+        out = model_out(model, z, plan.t[j], param)
+        noise = None
+        if plan.noisy and j < steps - 1:
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        z = apply(backend, z, out, plan.coefs[j], param, clip, noise)
+    return z
+
+
+def graphed_loop(
+    model: Model,
+    z: torch.Tensor,
+    plan: Plan,
+    param: str,
+    clip: bool,
+    generator: torch.Generator | None,
+    seed: int | None,
+    backend: str,
+) -> torch.Tensor:
+    """`loop`, captured whole (model calls and steps) in one CUDA graph and replayed once.
+
+    A warm-up of one step and of the last call runs first, on a side stream, so that every kernel
+    is compiled and every library initialised before capture. The warm-up draws noise, so a seeded
+    generator is re-seeded before the replay: the replay then draws what an eager run draws."""
+    static_z = z.clone()
+    steps = len(plan.t)
+    with torch.cuda.device(z.device):  # capture on z's device
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            loop(model, static_z, plan, param, clip, generator, backend, calls=sorted({0, steps - 1}))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if generator is not None:  # the default generator is registered by torch itself
+            graph.register_generator_state(generator)
+        with torch.cuda.graph(graph):
+            x_hat = loop(model, static_z, plan, param, clip, generator, backend)
+        if generator is not None:
+            generator.manual_seed(seed)
+        graph.replay()
+        result = x_hat.clone()  # x_hat lives in the graph's private memory pool
+    del graph
+    return result
