@@ -26,7 +26,9 @@ elsewhere), its gradient clipped to global norm `grad_clip` (None: off). A stage
   1..N, `x_tilde` from `teacher_two_step` (no grad), LR annealed linearly from `lr` to 0, no
   EMA. The last two rounds run `round(iters * last_rounds_factor)` iterations (the paper: 2).
 
-`model(z, t)` takes t of shape (B,) in z's dtype; training runs on the device of its parameters.
+`model(z, t)` takes t of shape (B,) in z's dtype; training runs on the device of its parameters,
+and `data` (a tensor or array (N, ...) in [-1, 1]) is moved there once. `schedule`: a
+`CosineSchedule` (default) or a `DiscreteSchedule` of `pd_fast.schedules`.
 
 - `out_dir`: the run writes `out_dir/checkpoints/` (see `pd_fast.app.checkpoint`): `teacher`
   (EMA weights) and `student_<N>` model checkpoints, and each stage's training state every
@@ -81,7 +83,7 @@ __all__ = [
 ]
 
 
-# ----- input checks and stage configs ------------------------------------------------------
+# ----- input checks and stage configs ----------------------------------------------------------
 
 
 def check_data(data: Any, name: str = "data") -> Tensor:
