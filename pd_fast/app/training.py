@@ -836,7 +836,7 @@ def _distill_round(
         start = int(info["iteration"])
     student.train()
 
-    def target(x: Tensor, z_t: Tensor, t: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> tuple:
+    def target(x: Tensor, z_t: Tensor, t: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> tuple[Tensor, ...]:
         with torch.no_grad():  # teacher_two_step wants t on the CPU: no device sync
             return teacher_two_step(current, z_t, t, steps, cfg.schedule, cfg.param)
 
