@@ -1,7 +1,5 @@
 """Teacher training and progressive distillation ([PD] Algorithm 2, docs/spec.md sections 5-6).
 
-API (all arguments after `data` / `end_steps` are keyword-only):
-
     train_teacher(model, data, *, schedule=None, param="v", weighting="snr_trunc", iters=2000,
                   batch_size=128, lr=1e-3, warmup=100, ema_decay=0.999, grad_clip=1.0, seed=0,
                   out_dir=None, ckpt_every=0, resume=False, progress=True, log_every=10)
@@ -12,59 +10,55 @@ API (all arguments after `data` / `end_steps` are keyword-only):
                         progress=True, log_every=10, on_round_end=None)
         -> dict[int, nn.Module]   # {student steps: student}, e.g. {4: ..., 2: ..., 1: ...}, eval mode
     check_data(data, name="data") -> Tensor   # ValueError unless finite, in [-1, 1], ndim >= 2, N >= 1
-    load_model_checkpoint(path, model) -> dict   # from pd_fast.checkpoint: weights into model, returns
-                                                 # {"steps", "schedule", "param", "weighting", ...}
-    schedule_from_dict(info["schedule"]) -> schedule   # rebuild the schedule of a checkpoint
-    save_model_checkpoint(path, model, info) -> Path   # <stem>.safetensors + <stem>.json
-    schedule_to_dict(schedule) -> dict                 # {"kind": "cosine", ...} / {"kind": "discrete", ...}
 
-All of these are importable from `pd_fast`; the lower-level helpers from `pd_fast.checkpoint`.
+(`load_model_checkpoint` and `schedule_from_dict` are re-exported from `pd_fast.app.checkpoint`.)
 
-- `model` / `teacher`: any `nn.Module` called as `model(z, t)`, t of shape (B,) in z's dtype; its
-  output is z's shape (2C channels on axis 1 for param 'both'). Training runs on the device of its
-  parameters; `data` (a tensor or array (N, ...) in [-1, 1]) is moved there once.
-- `schedule`: a `pd_fast.CosineSchedule` (default) or `pd_fast.DiscreteSchedule`.
-- `train_teacher` trains `model` in place (t ~ U(0, 1], docs/spec.md section 5 loss with x_tilde = x) with
-  Adam, a linear LR warm-up over `warmup` iterations, clipping at `grad_clip` (None: off), and an
-  EMA of the weights with decay `min(ema_decay, (1 + k) / (10 + k))` after update k (the
-  warm-up keeps short runs from averaging in the random init); it returns the EMA copy.
-- `progressive_distill` distills a teacher of `start_steps` steps down to `end_steps`
-  (`start_steps = end_steps * 2**k`, k >= 1) in k rounds: student = deepcopy(teacher), fresh Adam,
-  LR annealed linearly from `lr` to 0 over the round, gradient norm clipped at `grad_clip`,
-  targets from `pd_fast.teacher_two_step` under no_grad, loss `pd_fast.fused_distill_loss`
-  (Triton kernels on CUDA, torch elsewhere), t = i/N with i uniform in 1..N, no EMA.
-  The last two rounds run `round(iters * last_rounds_factor)` iterations (the paper: 2).
-  `on_round_end(steps, student)` is called on every rank after each round.
-- `out_dir`: when given, the run writes `out_dir/checkpoints/` (see `pd_fast.checkpoint`):
-  `teacher.safetensors|json` (EMA weights), `student_<N>.safetensors|json` after each round, and
-  the training state every `ckpt_every` iterations (0: only at stage/round ends), plus
-  `out_dir/log.jsonl` (one JSON object per `log_every` iterations: phase, round, steps,
-  iteration, loss, lr, grad_norm, time). A stage that already has a state in `out_dir` raises
-  ValueError unless `resume=True`, which continues from the last checkpoint (mid-teacher or
-  mid-round) with the same settings; the log is cut back to that checkpoint and continues.
-- Randomness comes only from explicit `torch.Generator`s (data/t on CPU, noise on the device)
-  seeded from (seed, rank, stage), plus torch's global RNG for any dropout; all of them are
-  checkpointed. With `torch.use_deterministic_algorithms(True)` and a fixed thread count, a run
-  killed with SIGKILL and resumed ends bitwise equal to an uninterrupted one on CPU.
-- Under `torchrun` (when `torch.distributed.is_initialized()`), the trained model is wrapped in
-  DistributedDataParallel, each rank samples from its own shard `data[rank::world_size]` with
-  its own generators, rank 0 writes checkpoints and the log (barrier after), and resume works
-  with the same world size. The caller initialises the process group (and on CUDA calls
-  `torch.cuda.set_device(local_rank)` and moves the model there) before calling.
-- Speed on CPU: tiny models train several times faster with `torch.set_num_threads(1)` than with
-  the default thread count on a busy 2-core machine (measured in tests/app/test_training.py's
-  distillation test: ~40 s with 2 threads vs ~6 s with 1 while other jobs shared the cores).
+One loop serves both stages, as in the official PD code: each iteration draws x from `data`, t,
+eps ~ N(0, I), `z_t = diffuse(x, t, schedule, eps)` (docs/spec.md section 1), and takes one Adam
+step on the loss of docs/spec.md section 5 (`fused_distill_loss`: Triton on CUDA, torch
+elsewhere), its gradient clipped to global norm `grad_clip` (None: off). A stage is its step:
+
+- teacher: t ~ U(0, 1], `x_tilde = x` (z_tpp = x, alpha_tpp = 1, sigma_tpp = 0), a linear LR
+  warm-up over `warmup` iterations, then an EMA of the weights with decay
+  `min(ema_decay, (1 + k) / (10 + k))` after update k (short runs do not average in the init);
+- distillation round to N steps (N = start_steps / 2, ..., end_steps): student = copy of the
+  previous round's student (of `teacher` in round 1), fresh Adam, t = i/N with i uniform in
+  1..N, `x_tilde` from `teacher_two_step` (no grad), LR annealed linearly from `lr` to 0, no
+  EMA. The last two rounds run `round(iters * last_rounds_factor)` iterations (the paper: 2).
+
+`model(z, t)` takes t of shape (B,) in z's dtype; training runs on the device of its parameters,
+and `data` (a tensor or array (N, ...) in [-1, 1]) is moved there once. `schedule`: a
+`CosineSchedule` (default) or a `DiscreteSchedule` of `pd_fast.schedules`.
+
+- `out_dir`: the run writes `out_dir/checkpoints/` (see `pd_fast.app.checkpoint`): `teacher`
+  (EMA weights) and `student_<N>` model checkpoints, and each stage's training state every
+  `ckpt_every` iterations (0: only at stage/round ends); plus `out_dir/log.jsonl`, one JSON
+  record (phase, round, steps, iteration, loss, lr, grad_norm, time) per `log_every` iterations.
+  A stage with a state in `out_dir` raises ValueError unless `resume=True`, which continues from
+  its last checkpoint with the same settings (`to_dict()` of the stage's config) and cuts the
+  log back to that checkpoint.
+- Randomness comes only from `torch.Generator`s seeded from (seed, rank, stage) (data and t on
+  the CPU, noise on the device) and torch's global RNG (dropout); all are checkpointed. With
+  `torch.use_deterministic_algorithms(True)` and a fixed thread count, a run killed with SIGKILL
+  and resumed ends bitwise equal to an uninterrupted one on CPU.
+- Under `torchrun` (`torch.distributed.is_initialized()`) the trained model is wrapped in
+  DistributedDataParallel, rank r samples from `data[r::world_size]` with its own generators,
+  rank 0 writes checkpoints and log, and resume needs the same world size. The caller sets up
+  the process group (and the CUDA device) first.
+- Speed on CPU: tiny models train several times faster with `torch.set_num_threads(1)` on a busy
+  2-core machine (tests/app/test_training.py's distillation test: ~40 s with 2 threads, ~6 s with 1).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +68,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._checks import param_name, weighting_name
 from ..distillation import fused_distill_loss, teacher_two_step
-from ..schedules import CosineSchedule
+from ..schedules import CosineSchedule, DiscreteSchedule, diffuse
 from . import checkpoint as ckpt
 from .checkpoint import load_model_checkpoint, schedule_from_dict
 
@@ -87,11 +82,8 @@ __all__ = [
     "schedule_from_dict",
 ]
 
-PARAMS = ("eps", "x", "v", "both")
-WEIGHTINGS = ("constant", "snr", "snr_trunc", "snr+1")
 
-
-# ----- input checks ----------------------------------------------------------------------------
+# ----- input checks and stage configs ----------------------------------------------------------
 
 
 def check_data(data: Any, name: str = "data") -> Tensor:
@@ -137,16 +129,145 @@ def _positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
-def _common_checks(param: str, weighting: str, schedule: Any) -> Any:
-    if param not in PARAMS:
-        raise ValueError(f"param must be one of {PARAMS}, got {param!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+def _schedule(schedule: Any) -> CosineSchedule | DiscreteSchedule:
     if schedule is None:
         return CosineSchedule()
-    if type(schedule).__name__ not in ("CosineSchedule", "DiscreteSchedule"):
+    if not isinstance(schedule, (CosineSchedule, DiscreteSchedule)):
         raise ValueError(f"schedule must be a CosineSchedule or a DiscreteSchedule, got {type(schedule)!r}")
     return schedule
+
+
+def _round_steps(start_steps: Any, end_steps: Any) -> tuple[int, ...]:
+    """The student step counts of the rounds: start_steps / 2, start_steps / 4, ..., end_steps."""
+    start_steps = _positive_int("start_steps", start_steps, 2)
+    end_steps = _positive_int("end_steps", end_steps)
+    ratio = start_steps // end_steps
+    if start_steps % end_steps or ratio < 2 or ratio & (ratio - 1):
+        raise ValueError(
+            f"start_steps must be end_steps times a power of two >= 2, got start_steps={start_steps}, "
+            f"end_steps={end_steps}"
+        )
+    steps, out = start_steps, []
+    while steps > end_steps:
+        steps //= 2
+        out.append(steps)
+    return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _StageConfig:
+    """The settings of one stage that a resumed run must share, validated on construction and
+    stored as `to_dict()` in the stage's training state (key "config")."""
+
+    param: str
+    weighting: str
+    schedule: Any
+    batch_size: int
+    lr: float
+    grad_clip: float | None
+    seed: int
+    world_size: int
+    data_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        param_name(self.param)
+        weighting_name(self.weighting)
+        self._set("schedule", _schedule(self.schedule))
+        self._set("batch_size", _positive_int("batch_size", self.batch_size))
+        self._set("lr", _positive_float("lr", self.lr))
+        if self.grad_clip is not None:
+            self._set("grad_clip", _positive_float("grad_clip", self.grad_clip))
+        self._set("seed", _positive_int("seed", self.seed, 0))
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # how a frozen dataclass normalises its own fields
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "param": self.param,
+            "weighting": self.weighting,
+            "schedule": ckpt.schedule_to_dict(self.schedule),
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "grad_clip": self.grad_clip,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "data_shape": list(self.data_shape),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TeacherConfig(_StageConfig):
+    iters: int
+    warmup: int
+    ema_decay: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set("iters", _positive_int("iters", self.iters))
+        self._set("warmup", _positive_int("warmup", self.warmup, 0))
+        d = self.ema_decay
+        if isinstance(d, bool) or not (isinstance(d, (int, float)) and 0.0 <= d < 1.0):
+            raise ValueError(f"ema_decay must lie in [0, 1), got {d!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(super().to_dict(), iters=self.iters, warmup=self.warmup, ema_decay=self.ema_decay)
+
+    @property
+    def end(self) -> tuple[int, int]:
+        """(round, iteration) of the finished stage."""
+        return 0, self.iters
+
+    def progress_info(self, round_: int, iteration: int) -> dict[str, Any]:
+        """What the training state records besides (round, iteration): whether training is done."""
+        return {"complete": iteration == self.iters}
+
+    def lr_at(self, k: int) -> float:
+        """The LR of update k: linear warm-up over `warmup` updates, then `lr`."""
+        return self.lr * min(1.0, (k + 1) / self.warmup) if self.warmup else self.lr
+
+
+@dataclass(frozen=True, kw_only=True)
+class _DistillConfig(_StageConfig):
+    start_steps: int
+    end_steps: int
+    iters: int
+    last_rounds_factor: float
+    teacher: str | None  # the teacher's model_fingerprint when the run writes checkpoints
+    round_steps: tuple[int, ...] = field(init=False)  # student steps per round
+    round_iters: tuple[int, ...] = field(init=False)  # iterations per round
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        steps = _round_steps(self.start_steps, self.end_steps)
+        iters = _positive_int("iters", self.iters)
+        f = self.last_rounds_factor
+        if isinstance(f, bool) or not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
+            raise ValueError(f"last_rounds_factor must be a positive number, got {f!r}")
+        n = len(steps)
+        self._set("start_steps", int(self.start_steps))
+        self._set("end_steps", int(self.end_steps))
+        self._set("iters", iters)
+        self._set("round_steps", steps)
+        self._set("round_iters", tuple(max(1, round(iters * f)) if r >= n - 2 else iters for r in range(n)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(
+            super().to_dict(),
+            start_steps=self.start_steps,
+            end_steps=self.end_steps,
+            round_iters=list(self.round_iters),
+            teacher=self.teacher,
+        )
+
+    @property
+    def end(self) -> tuple[int, int]:
+        """(round, iteration) of the finished stage: every round done."""
+        return len(self.round_steps), 0
+
+    def progress_info(self, round_: int, iteration: int) -> dict[str, Any]:
+        """What the training state records besides (round, iteration): the finished students."""
+        return {"completed": {str(s): f"student_{s}" for s in self.round_steps[:round_]}}
 
 
 def _model_device(model: nn.Module, name: str) -> tuple[torch.device, torch.dtype]:
@@ -278,69 +399,220 @@ class _Log:
             self.file = None
 
 
-@dataclass
-class _Run:
-    """Where a run writes (None: nowhere) and who writes it."""
+# ----- one stage: its data, generators, checkpoints and log, and the loop ----------------------
 
+
+@dataclass(frozen=True)
+class _Step:
+    """What a stage's iterations do beyond the shared loss and update: `draw_t(data generator)`
+    -> t (B,) float64 on the CPU; `target(x, z_t, t, alpha_t, sigma_t)` -> x_tilde as
+    (z_tpp, alpha_tpp, sigma_tpp) (docs/spec.md section 4); `lr_at(k)`, the LR of update k;
+    `after_update(k)` (the teacher's EMA). `modules` go into the training state by name."""
+
+    round: int
+    steps: int | None
+    iters: int
+    desc: str
+    net: nn.Module
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    modules: dict[str, nn.Module]
+    draw_t: Callable[[torch.Generator], Tensor]
+    target: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+    lr_at: Callable[[int], float]
+    after_update: Callable[[int], None] | None = None
+
+
+@dataclass
+class _Stage:
+    """One stage of a run, "teacher" or "distill" (all rounds): its config, data shard and
+    generators, and where it writes (`ckpt_dir` None: nowhere; the log is rank 0's only)."""
+
+    name: str
+    cfg: _TeacherConfig | _DistillConfig
     ctx: _Dist
+    x_local: Tensor
+    gens: _Generators
     ckpt_dir: Path | None
     log: _Log
+    ckpt_every: int
+    log_every: int
+    progress: bool
+    t0: float
 
     @classmethod
-    def open(cls, out_dir: str | os.PathLike | None, ctx: _Dist) -> _Run:
-        if out_dir is None:
-            return cls(ctx, None, _Log(None))
-        out = Path(out_dir)
-        if ctx.main:
-            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        ctx.barrier()
-        return cls(ctx, out / "checkpoints", _Log(out / "log.jsonl" if ctx.main else None))
+    def open(
+        cls,
+        name: str,
+        cfg: _TeacherConfig | _DistillConfig,
+        ctx: _Dist,
+        data: Tensor,
+        device: torch.device,
+        dtype: torch.dtype,
+        out_dir: str | os.PathLike | None,
+        ckpt_every: Any,
+        log_every: Any,
+        progress: bool,
+    ) -> _Stage:
+        ckpt_every = _positive_int("ckpt_every", ckpt_every, 0)
+        log_every = _positive_int("log_every", log_every)
+        x_local = _shard(data, ctx, device, dtype)
+        ckpt_dir, log = None, _Log(None)
+        if out_dir is not None:
+            ckpt_dir = Path(out_dir) / "checkpoints"
+            if ctx.main:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+            ctx.barrier()
+            log = _Log(Path(out_dir) / "log.jsonl" if ctx.main else None)
+        gens = _Generators.seeded(cfg.seed, ctx.rank, name, device)
+        return cls(name, cfg, ctx, x_local, gens, ckpt_dir, log, ckpt_every, log_every, progress, 0.0)
 
-    def load_state(self, stage: str, resume: bool, config: dict[str, Any]) -> tuple[dict, dict] | None:
-        """The committed state of `stage` if resuming; ValueError if one exists and resume is False,
-        or if it was written with other settings."""
+    @property
+    def device(self) -> torch.device:
+        return self.gens.device
+
+    def load_state(self, resume: bool) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+        """The committed state of this stage if resuming, with the generators, the clock and the
+        log set back to it; ValueError if one exists and resume is False, or if it was written
+        with other settings. Starts the stage's clock."""
+        state = self._committed(resume)
+        elapsed = 0.0
+        if state is not None:
+            info, tensors = state
+            self.gens.restore(tensors, self.ctx.rank)
+            elapsed = float(info["elapsed"])
+            if (int(info["round"]), int(info["iteration"])) < self.cfg.end:
+                self.log.truncate(int(info["log_bytes"]))
+        self.t0 = time.perf_counter() - elapsed
+        return state
+
+    def _committed(self, resume: bool) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
         if self.ckpt_dir is None:
             return None
         if not resume:
-            if (self.ckpt_dir / f"{stage}_state.json").is_file():
+            if (self.ckpt_dir / f"{self.name}_state.json").is_file():
                 self.log.close()
                 raise ValueError(
-                    f"out_dir {self.ckpt_dir.parent} already holds a {stage} checkpoint: pass "
+                    f"out_dir {self.ckpt_dir.parent} already holds a {self.name} checkpoint: pass "
                     "resume=True to continue it, or choose another out_dir"
                 )
             return None
-        state = ckpt.load_training_state(self.ckpt_dir, stage)
+        state = ckpt.load_training_state(self.ckpt_dir, self.name)
         if state is None:
             return None
         saved = state[0].get("config", {})
-        for key, value in config.items():
+        for key, value in self.cfg.to_dict().items():
             if json.loads(json.dumps(saved.get(key))) != json.loads(json.dumps(value)):
                 self.log.close()
                 raise ValueError(
-                    f"resume: out_dir holds a {stage} run with {key}={saved.get(key)!r}, "
+                    f"resume: out_dir holds a {self.name} run with {key}={saved.get(key)!r}, "
                     f"this call has {key}={value!r}"
                 )
         return state
 
+    def save_state(
+        self, round_: int, iteration: int, modules: dict[str, nn.Module], opt: torch.optim.Optimizer | None
+    ) -> None:
+        """Commit the training state (a collective call under DDP: every rank's generators)."""
+        rng = _gather_rng(self.gens, self.ctx)
+        if self.ctx.main and self.ckpt_dir is not None:
+            tensors, scalars = dict(rng), None
+            for prefix, module in modules.items():
+                tensors.update(_put(prefix, module.state_dict()))
+            if opt is not None:
+                opt_tensors, scalars = ckpt.optimizer_to_tensors(opt)
+                tensors.update(opt_tensors)
+            info = {
+                "config": self.cfg.to_dict(),
+                "round": round_,
+                "iteration": iteration,
+                "optimizer": scalars,
+                "elapsed": time.perf_counter() - self.t0,
+                "log_bytes": self.log.size(),
+                **self.cfg.progress_info(round_, iteration),
+            }
+            ckpt.save_training_state(self.ckpt_dir, self.name, tensors, info)
+        self.ctx.barrier()
 
-# ----- one training step -----------------------------------------------------------------------
+    def save_model(self, stem: str, model: nn.Module, steps: int | None, round_: int, iteration: int) -> None:
+        """Write the model checkpoint `<stem>.safetensors|json` (rank 0, when there is an out_dir)."""
+        if self.ctx.main and self.ckpt_dir is not None:
+            cfg = self.cfg
+            info = {
+                "steps": steps,
+                "schedule": ckpt.schedule_to_dict(cfg.schedule),
+                "param": cfg.param,
+                "weighting": cfg.weighting,
+                "round": round_,
+                "iteration": iteration,
+            }
+            ckpt.save_model_checkpoint(self.ckpt_dir / stem, model, info)
+
+    def iterate(self, step: _Step, start: int) -> None:
+        """Updates start..step.iters - 1 of the stage, with the log and the checkpoints in between
+        (the caller commits the stage's end)."""
+        cfg, gens = self.cfg, self.gens
+        bar = tqdm(
+            total=step.iters,
+            initial=start,
+            desc=step.desc,
+            disable=not (self.progress and self.ctx.main),
+            leave=False,
+        )
+        try:
+            for k in range(start, step.iters):
+                x = _batch(self.x_local, gens.data, cfg.batch_size)
+                t = step.draw_t(gens.data)
+                loss = _loss(step.net, x, t, gens.noise, cfg, step.target)
+                lr = step.lr_at(k)
+                grad_norm = _update(step.params, step.opt, loss, lr, cfg.grad_clip)
+                if step.after_update is not None:
+                    step.after_update(k)
+                bar.update(1)
+                done = k + 1
+                if done % self.log_every == 0 or done == step.iters:
+                    record = {
+                        "phase": self.name,
+                        "round": step.round,
+                        "steps": step.steps,
+                        "iteration": done,
+                        "loss": loss.item(),
+                        "lr": lr,
+                        "grad_norm": grad_norm.item(),
+                        "time": time.perf_counter() - self.t0,
+                    }
+                    self.log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4g}")
+                if self.ckpt_every and done % self.ckpt_every == 0 and done < step.iters:
+                    self.save_state(step.round, done, step.modules, step.opt)
+        finally:
+            bar.close()
 
 
-def _column(c: Tensor, like: Tensor) -> Tensor:
-    return c.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _batch(x_local: Tensor, gens: _Generators, batch_size: int) -> Tensor:
-    idx = torch.randint(0, x_local.shape[0], (batch_size,), generator=gens.data)
+def _batch(x_local: Tensor, gen: torch.Generator, batch_size: int) -> Tensor:
+    idx = torch.randint(0, x_local.shape[0], (batch_size,), generator=gen)
     return x_local[idx.to(x_local.device)]
 
 
-def _diffuse(x: Tensor, t: Tensor, schedule: Any, gens: _Generators) -> tuple[Tensor, Tensor, Tensor]:
-    """`z_t = alpha_t x + sigma_t eps` (docs/spec.md section 1), coefficients in float64 from the schedule."""
-    eps = torch.randn(x.shape, generator=gens.noise, device=x.device, dtype=x.dtype)
-    alpha_t, sigma_t = schedule.alpha_sigma(t)
-    z_t = (_column(alpha_t, x) * x.double() + _column(sigma_t, x) * eps.double()).to(x.dtype)
-    return z_t, alpha_t, sigma_t
+def _loss(
+    net: nn.Module,
+    x: Tensor,
+    t: Tensor,
+    noise_gen: torch.Generator,
+    cfg: _StageConfig,
+    target: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
+) -> Tensor:
+    """The batch loss of docs/spec.md section 5 ([PD] Algorithm 2, lines 4-10): x (B, ...) on the
+    device, t (B,) float64 on the CPU; z_t = diffuse(x, t, schedule, eps), x_tilde from `target`."""
+    t_dev = t.to(x.device)
+    eps = torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
+    z_t = diffuse(x, t_dev, cfg.schedule, eps)
+    alpha_t, sigma_t = cfg.schedule.alpha_sigma(t_dev)
+    z_tpp, alpha_tpp, sigma_tpp = target(x, z_t, t, alpha_t, sigma_t)
+    out = net(z_t, t_dev.to(x.dtype))
+    return fused_distill_loss(
+        out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, cfg.param, weighting=cfg.weighting
+    ).mean()
 
 
 def _update(
@@ -420,162 +692,57 @@ def train_teacher(
     See the module docstring for checkpoints, resume and DDP.
     """
     data = check_data(data)
-    schedule = _common_checks(param, weighting, schedule)
-    iters = _positive_int("iters", iters)
-    batch_size = _positive_int("batch_size", batch_size)
-    lr = _positive_float("lr", lr)
-    warmup = _positive_int("warmup", warmup, 0)
-    seed = _positive_int("seed", seed, 0)
-    ckpt_every = _positive_int("ckpt_every", ckpt_every, 0)
-    log_every = _positive_int("log_every", log_every)
-    if isinstance(ema_decay, bool) or not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
-        raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
-    if grad_clip is not None:
-        grad_clip = _positive_float("grad_clip", grad_clip)
+    ctx = _dist_context()
+    cfg = _TeacherConfig(
+        param=param, weighting=weighting, schedule=schedule, iters=iters, batch_size=batch_size, lr=lr,
+        warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip, seed=seed, world_size=ctx.world,
+        data_shape=tuple(data.shape),
+    )  # fmt: skip
     device, dtype = _model_device(model, "model")
     params = _trainable(model, "model")
-    ctx = _dist_context()
-    x_local = _shard(data, ctx, device, dtype)
-    run = _Run.open(out_dir, ctx)
-    config = {
-        "param": param,
-        "weighting": weighting,
-        "schedule": ckpt.schedule_to_dict(schedule),
-        "iters": iters,
-        "batch_size": batch_size,
-        "lr": lr,
-        "warmup": warmup,
-        "ema_decay": ema_decay,
-        "grad_clip": grad_clip,
-        "seed": seed,
-        "world_size": ctx.world,
-        "data_shape": list(data.shape),
-    }
-
+    stage = _Stage.open("teacher", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress)
     ema = copy.deepcopy(model).eval()
-    opt = torch.optim.Adam(params, lr=lr)
-    gens = _Generators.seeded(seed, ctx.rank, "teacher", device)
-    start, elapsed = 0, 0.0
-    state = run.load_state("teacher", resume, config)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    start, state = 0, stage.load_state(resume)
     if state is not None:
         info, tensors = state
         model.load_state_dict(_take("model", tensors))
         ema.load_state_dict(_take("ema", tensors))
         ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
-        gens.restore(tensors, ctx.rank)
-        start, elapsed = int(info["iteration"]), float(info["elapsed"])
-        if start < iters:
-            run.log.truncate(int(info["log_bytes"]))
-
-    def save_state(iteration: int, elapsed: float) -> None:
-        rng = _gather_rng(gens, ctx)
-        if ctx.main and run.ckpt_dir is not None:
-            opt_tensors, opt_scalars = ckpt.optimizer_to_tensors(opt)
-            tensors = {
-                **_put("model", model.state_dict()),
-                **_put("ema", ema.state_dict()),
-                **opt_tensors,
-                **rng,
-            }
-            info = {
-                "config": config,
-                "iteration": iteration,
-                "round": 0,
-                "elapsed": elapsed,
-                "optimizer": opt_scalars,
-                "log_bytes": run.log.size(),
-                "complete": iteration == iters,
-            }
-            ckpt.save_training_state(run.ckpt_dir, "teacher", tensors, info)
-        ctx.barrier()
-
+        start = int(info["iteration"])
     net = _wrap(model, ctx, device)
     model.train()
-    ema_params = list(ema.parameters())
-    bar = tqdm(total=iters, initial=start, desc="teacher", disable=not (progress and ctx.main), leave=False)
-    t0 = time.perf_counter() - elapsed
+    step = _Step(
+        round=0, steps=None, iters=cfg.iters, desc="teacher", net=net, params=params, opt=opt,
+        modules={"model": model, "ema": ema},
+        draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
+        target=lambda x, z_t, t, alpha_t, sigma_t: (x, torch.ones_like(alpha_t), torch.zeros_like(sigma_t)),
+        lr_at=cfg.lr_at, after_update=functools.partial(_ema_update, ema, model, cfg.ema_decay),
+    )  # fmt: skip
     try:
-        for it in range(start, iters):
-            x = _batch(x_local, gens, batch_size)
-            t = (1.0 - torch.rand(batch_size, generator=gens.data, dtype=torch.float64)).to(device)
-            z_t, alpha_t, sigma_t = _diffuse(x, t, schedule, gens)
-            out = net(z_t, t.to(dtype))
-            loss = fused_distill_loss(
-                out,
-                z_t,
-                x,
-                alpha_t,
-                sigma_t,
-                torch.ones_like(alpha_t),
-                torch.zeros_like(sigma_t),
-                param,
-                weighting=weighting,
-            ).mean()
-            lr_it = lr * min(1.0, (it + 1) / warmup) if warmup else lr
-            grad_norm = _update(params, opt, loss, lr_it, grad_clip)
-            with torch.no_grad():
-                decay = min(ema_decay, (1.0 + it) / (10.0 + it))
-                torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - decay)
-                for e_buf, m_buf in zip(ema.buffers(), model.buffers(), strict=True):
-                    e_buf.copy_(m_buf)
-            bar.update(1)
-            done = it + 1
-            if done % log_every == 0 or done == iters:
-                record = {
-                    "phase": "teacher",
-                    "round": 0,
-                    "steps": None,
-                    "iteration": done,
-                    "loss": loss.item(),
-                    "lr": lr_it,
-                    "grad_norm": grad_norm.item(),
-                    "time": time.perf_counter() - t0,
-                }
-                run.log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4g}")
-            if done == iters or (ckpt_every and done % ckpt_every == 0):
-                if done == iters and ctx.main and run.ckpt_dir is not None:
-                    ckpt.save_model_checkpoint(
-                        run.ckpt_dir / "teacher", ema, _model_info(config, None, 0, done)
-                    )
-                save_state(done, time.perf_counter() - t0)
+        stage.iterate(step, start)
+        if start < cfg.iters:
+            stage.save_model("teacher", ema, None, 0, cfg.iters)
+            stage.save_state(0, cfg.iters, step.modules, opt)
     finally:
-        bar.close()
-        run.log.close()
-    if ctx.main and run.ckpt_dir is not None and not (run.ckpt_dir / "teacher.safetensors").is_file():
-        ckpt.save_model_checkpoint(run.ckpt_dir / "teacher", ema, _model_info(config, None, 0, iters))
+        stage.log.close()
+    if stage.ckpt_dir is not None and not (stage.ckpt_dir / "teacher.safetensors").is_file():
+        stage.save_model("teacher", ema, None, 0, cfg.iters)
     ctx.barrier()
     return ema.eval()
 
 
-def _model_info(config: dict[str, Any], steps: int | None, round_: int, iteration: int) -> dict[str, Any]:
-    return {
-        "steps": steps,
-        "schedule": config["schedule"],
-        "param": config["param"],
-        "weighting": config["weighting"],
-        "round": round_,
-        "iteration": iteration,
-    }
+def _ema_update(ema: nn.Module, model: nn.Module, ema_decay: float, k: int) -> None:
+    """The EMA after update k, decay `min(ema_decay, (1 + k) / (10 + k))` (docs/spec.md section 6);
+    buffers are copied."""
+    with torch.no_grad():
+        decay = min(ema_decay, (1.0 + k) / (10.0 + k))
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+        for e_buf, m_buf in zip(ema.buffers(), model.buffers(), strict=True):
+            e_buf.copy_(m_buf)
 
 
 # ----- progressive distillation ----------------------------------------------------------------
-
-
-def _round_steps(start_steps: Any, end_steps: Any) -> list[int]:
-    start_steps = _positive_int("start_steps", start_steps, 2)
-    end_steps = _positive_int("end_steps", end_steps)
-    ratio = start_steps // end_steps
-    if start_steps % end_steps or ratio < 2 or ratio & (ratio - 1):
-        raise ValueError(
-            f"start_steps must be end_steps times a power of two >= 2, got start_steps={start_steps}, "
-            f"end_steps={end_steps}"
-        )
-    steps, out = start_steps, []
-    while steps > end_steps:
-        steps //= 2
-        out.append(steps)
-    return out
 
 
 def progressive_distill(
@@ -611,157 +778,77 @@ def progressive_distill(
 
     Returns {N: student} for every round, each in eval mode. `teacher` is not modified (it is
     put in eval mode while it makes targets, and its mode is restored at the end).
+    `on_round_end(N, student)` is called on every rank after each round.
     """
     data = check_data(data)
-    schedule = _common_checks(param, weighting, schedule)
-    round_steps = _round_steps(start_steps, end_steps)
-    iters = _positive_int("iters", iters)
-    if isinstance(last_rounds_factor, bool) or not (
-        isinstance(last_rounds_factor, (int, float))
-        and math.isfinite(last_rounds_factor)
-        and last_rounds_factor > 0
-    ):
-        raise ValueError(f"last_rounds_factor must be a positive number, got {last_rounds_factor!r}")
-    batch_size = _positive_int("batch_size", batch_size)
-    lr = _positive_float("lr", lr)
-    seed = _positive_int("seed", seed, 0)
-    ckpt_every = _positive_int("ckpt_every", ckpt_every, 0)
-    log_every = _positive_int("log_every", log_every)
-    if grad_clip is not None:
-        grad_clip = _positive_float("grad_clip", grad_clip)
     if on_round_end is not None and not callable(on_round_end):
         raise ValueError("on_round_end must be callable(steps, student) or None")
     device, dtype = _model_device(teacher, "teacher")
     _trainable(teacher, "teacher")
     ctx = _dist_context()
-    x_local = _shard(data, ctx, device, dtype)
-    run = _Run.open(out_dir, ctx)
-    n_rounds = len(round_steps)
-    round_iters = [
-        max(1, round(iters * last_rounds_factor)) if r >= n_rounds - 2 else iters for r in range(n_rounds)
-    ]
-    config = {
-        "param": param,
-        "weighting": weighting,
-        "schedule": ckpt.schedule_to_dict(schedule),
-        "start_steps": int(start_steps),
-        "end_steps": int(end_steps),
-        "round_iters": round_iters,
-        "batch_size": batch_size,
-        "lr": lr,
-        "grad_clip": grad_clip,
-        "seed": seed,
-        "world_size": ctx.world,
-        "data_shape": list(data.shape),
-        "teacher": ckpt.model_fingerprint(teacher) if run.ckpt_dir is not None else None,
-    }
-
-    gens = _Generators.seeded(seed, ctx.rank, "distill", device)
+    cfg = _DistillConfig(
+        param=param, weighting=weighting, schedule=schedule, start_steps=start_steps, end_steps=end_steps,
+        iters=iters, last_rounds_factor=last_rounds_factor, batch_size=batch_size, lr=lr,
+        grad_clip=grad_clip, seed=seed, world_size=ctx.world, data_shape=tuple(data.shape),
+        teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None,
+    )  # fmt: skip
+    stage = _Stage.open("distill", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress)
+    state = stage.load_state(resume)
+    first_round, first_iter = (int(state[0]["round"]), int(state[0]["iteration"])) if state else (0, 0)
     students: dict[int, nn.Module] = {}
-    first_round, first_iter, elapsed = 0, 0, 0.0
-    state = run.load_state("distill", resume, config)
-    if state is not None:
-        info, tensors = state
-        first_round, first_iter, elapsed = int(info["round"]), int(info["iteration"]), float(info["elapsed"])
-        for steps in round_steps[:first_round]:
-            done = copy.deepcopy(teacher)
-            load_model_checkpoint(run.ckpt_dir / f"student_{steps}", done)
-            students[steps] = done.eval()
-        gens.restore(tensors, ctx.rank)
-        if first_round < n_rounds:
-            run.log.truncate(int(info["log_bytes"]))
-
+    for steps in cfg.round_steps[:first_round]:  # finished before the resume
+        students[steps] = copy.deepcopy(teacher)
+        load_model_checkpoint(stage.ckpt_dir / f"student_{steps}", students[steps])
+        students[steps].eval()
     teacher_was_training = teacher.training
-    current = students[round_steps[first_round - 1]] if first_round > 0 else teacher
-    t0 = time.perf_counter() - elapsed
-
-    def save_state(round_: int, iteration: int, student: nn.Module | None, opt: Any) -> None:
-        """Commit the distillation state; `student` and `opt` are None at a round boundary."""
-        rng = _gather_rng(gens, ctx)
-        if ctx.main and run.ckpt_dir is not None:
-            tensors, scalars = dict(rng), None
-            if student is not None:
-                opt_tensors, scalars = ckpt.optimizer_to_tensors(opt)
-                tensors.update(_put("student", student.state_dict()), **opt_tensors)
-            info = {
-                "config": config,
-                "round": round_,
-                "iteration": iteration,
-                "optimizer": scalars,
-                "elapsed": time.perf_counter() - t0,
-                "log_bytes": run.log.size(),
-                "completed": {str(s): f"student_{s}" for s in round_steps[:round_]},
-            }
-            ckpt.save_training_state(run.ckpt_dir, "distill", tensors, info)
-        ctx.barrier()
-
+    current = students[cfg.round_steps[first_round - 1]] if first_round > 0 else teacher
     try:
-        for r in range(first_round, n_rounds):
-            steps, n_iters = round_steps[r], round_iters[r]
-            current.eval()
-            student = copy.deepcopy(current)
-            params = _trainable(student, "teacher")
-            opt = torch.optim.Adam(params, lr=lr)
-            start = 0
-            if state is not None and r == first_round and first_iter > 0:
-                info, tensors = state
-                student.load_state_dict(_take("student", tensors))
-                ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
-                start = first_iter
-            student.train()
-            net = _wrap(student, ctx, device)
-
-            desc = f"round {r + 1}/{n_rounds}: {2 * steps}->{steps} steps"
-            bar = tqdm(
-                total=n_iters, initial=start, desc=desc, disable=not (progress and ctx.main), leave=False
+        for r in range(first_round, len(cfg.round_steps)):
+            current = _distill_round(
+                stage, current, r, state if r == first_round and first_iter > 0 else None
             )
-            try:
-                for it in range(start, n_iters):
-                    x = _batch(x_local, gens, batch_size)
-                    i = torch.randint(1, steps + 1, (batch_size,), generator=gens.data)
-                    t_cpu = i.to(torch.float64) / steps
-                    t = t_cpu.to(device)
-                    z_t, alpha_t, sigma_t = _diffuse(x, t, schedule, gens)
-                    with torch.no_grad():  # teacher_two_step wants t on the CPU: no device sync
-                        z_tpp, alpha_tpp, sigma_tpp = teacher_two_step(
-                            current, z_t, t_cpu, steps, schedule, param
-                        )
-                    out = net(z_t, t.to(dtype))
-                    loss = fused_distill_loss(
-                        out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, param, weighting=weighting
-                    ).mean()
-                    lr_it = lr * (1.0 - it / n_iters)
-                    grad_norm = _update(params, opt, loss, lr_it, grad_clip)
-                    bar.update(1)
-                    done = it + 1
-                    if done % log_every == 0 or done == n_iters:
-                        record = {
-                            "phase": "distill",
-                            "round": r,
-                            "steps": steps,
-                            "iteration": done,
-                            "loss": loss.item(),
-                            "lr": lr_it,
-                            "grad_norm": grad_norm.item(),
-                            "time": time.perf_counter() - t0,
-                        }
-                        run.log.write(record)
-                        bar.set_postfix(loss=f"{record['loss']:.4g}")
-                    if ckpt_every and done % ckpt_every == 0 and done < n_iters:
-                        save_state(r, done, student, opt)
-            finally:
-                bar.close()
-            student.eval()
-            students[steps] = student
-            if ctx.main and run.ckpt_dir is not None:
-                ckpt.save_model_checkpoint(
-                    run.ckpt_dir / f"student_{steps}", student, _model_info(config, steps, r + 1, n_iters)
-                )
-            save_state(r + 1, 0, None, None)
+            students[cfg.round_steps[r]] = current
             if on_round_end is not None:
-                on_round_end(steps, student)
-            current = student
+                on_round_end(cfg.round_steps[r], current)
     finally:
-        run.log.close()
+        stage.log.close()
         teacher.train(teacher_was_training)
     return students
+
+
+def _distill_round(
+    stage: _Stage, current: nn.Module, r: int, state: tuple[dict[str, Any], dict[str, Tensor]] | None
+) -> nn.Module:
+    """Round r ([PD] Algorithm 2, lines 2-13): a copy of `current` (2N steps) learns to match two
+    of its DDIM steps in one (N steps); `state`: the mid-round state to resume from. Commits the
+    student and the end of the round, and returns the student in eval mode."""
+    cfg = stage.cfg
+    steps, iters = cfg.round_steps[r], cfg.round_iters[r]
+    current.eval()
+    student = copy.deepcopy(current)
+    params = _trainable(student, "teacher")
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    start = 0
+    if state is not None:
+        info, tensors = state
+        student.load_state_dict(_take("student", tensors))
+        ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
+        start = int(info["iteration"])
+    student.train()
+
+    def target(x: Tensor, z_t: Tensor, t: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> tuple[Tensor, ...]:
+        with torch.no_grad():  # teacher_two_step wants t on the CPU: no device sync
+            return teacher_two_step(current, z_t, t, steps, cfg.schedule, cfg.param)
+
+    n_rounds, batch = len(cfg.round_steps), cfg.batch_size
+    step = _Step(
+        round=r, steps=steps, iters=iters, desc=f"round {r + 1}/{n_rounds}: {2 * steps}->{steps} steps",
+        net=_wrap(student, stage.ctx, stage.device), params=params, opt=opt, modules={"student": student},
+        draw_t=lambda gen: torch.randint(1, steps + 1, (batch,), generator=gen).to(torch.float64) / steps,
+        target=target, lr_at=lambda k: cfg.lr * (1.0 - k / iters),
+    )  # fmt: skip
+    stage.iterate(step, start)
+    student.eval()
+    stage.save_model(f"student_{steps}", student, steps, r + 1, iters)
+    stage.save_state(r + 1, 0, {}, None)
+    return student

@@ -1,6 +1,7 @@
 """Checkpoints and resume: round trips of model, optimizer and training
-state files, atomic commits, and a run killed with SIGKILL (once mid-teacher, once mid-round)
-that resumes to final weights bitwise equal to an uninterrupted run."""
+state files, atomic commits, the layout of the state files that existing run folders hold, and a
+run killed with SIGKILL (once mid-teacher, once mid-round) that resumes to final weights bitwise
+equal to an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 import pd_fast
 from pd_fast.app import checkpoint as ckpt
-from tests._tiny import TinyMLP
+from tests._tiny import TinyMLP, eight_gaussians
 from tests.app import _train_worker
 
 
@@ -99,6 +100,38 @@ def test_training_state_commit_survives_a_kill_between_its_two_writes(tmp_path: 
     assert not (tmp_path / "distill_state-r1-i12.safetensors").exists()
     assert not list(tmp_path.glob(".*.tmp"))
     assert ckpt.load_training_state(tmp_path, "teacher") is None
+
+
+def test_training_state_files_keep_the_layout_that_existing_run_folders_hold(tmp_path: Path) -> None:
+    # a run folder written by an earlier version resumes only if the state JSON, its config keys
+    # (compared key by key on resume), the tensor names and the log records keep this layout
+    data = eight_gaussians(32, seed=0)
+    common = dict(batch_size=8, out_dir=tmp_path, ckpt_every=2, log_every=1, progress=False)
+    ema = pd_fast.train_teacher(TinyMLP(seed=1), data, iters=3, **common)
+    pd_fast.progressive_distill(ema, data, 4, 1, iters=3, **common)
+    shared = {"batch_size", "data_shape", "grad_clip", "lr", "param", "schedule", "seed", "weighting"}
+    expected = {
+        "teacher": (shared | {"ema_decay", "iters", "warmup", "world_size"}, {"complete"}, {"model", "ema"}),
+        "distill": (
+            shared | {"end_steps", "round_iters", "start_steps", "teacher", "world_size"},
+            {"completed"},
+            set(),
+        ),
+    }
+    for stage, (config_keys, own_keys, modules) in expected.items():
+        info, tensors = ckpt.load_training_state(tmp_path / "checkpoints", stage)
+        common_keys = {"config", "round", "iteration", "optimizer", "elapsed", "log_bytes", "stage"}
+        assert set(info) == common_keys | own_keys | {"tensors_file"}
+        assert set(info["config"]) == config_keys
+        assert {k.split("/")[0] for k in tensors} == modules | {"rng"} | ({"optim"} if modules else set())
+        assert {"rng/0/data", "rng/0/noise", "rng/0/torch_cpu"} <= set(tensors)
+    info, _ = ckpt.load_training_state(tmp_path / "checkpoints", "distill")
+    assert info["completed"] == {"2": "student_2", "1": "student_1"} and info["round"] == 2
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    keys = ["phase", "round", "steps", "iteration", "loss", "lr", "grad_norm", "time"]
+    assert all(list(r) == keys for r in records) and len(records) == 3 + 3 + 3
+    model_info = json.loads((tmp_path / "checkpoints" / "student_1.json").read_text())
+    assert set(model_info) == {"steps", "schedule", "param", "weighting", "round", "iteration"}
 
 
 # ----- kill -9 and resume ----------------------------------------------------------------------
