@@ -42,6 +42,7 @@ _APP = {
     "ResidualMLP": "models",
     "UNet": "models",
     "build_model": "models",
+    "w_conditioned_from": "models",
     "Dataset": "data",
     "load_data": "data",
     "frechet_distance": "evaluation",
