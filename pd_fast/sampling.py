@@ -279,6 +279,8 @@ def sample(
 def guide_for(labels: Any, w: Any, z: torch.Tensor) -> Guide | None:
     """How `sample` calls the model (docs/spec.md section 8): None without labels; with labels, the
     w of the guided steps, or None in place of w when every w is 0 (one call per step)."""
+    if labels is None and not isinstance(w, torch.Tensor) and w == 0:
+        return None  # unconditional: no checks, no host sync
     batch, device = z.shape[0], z.device
     w = coef("w", w, batch, device)
     check_coefs(positive={}, nonnegative={"w": w})
