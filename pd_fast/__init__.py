@@ -26,7 +26,7 @@ from .distillation import (
     teacher_two_step,
     two_step_target,
 )
-from .parameterizations import predict_x_eps
+from .parameterizations import NULL_LABEL, guided_x_eps, predict_x_eps
 from .sampling import ancestral_step, ddim_step, sample
 from .schedules import CosineSchedule, DiscreteSchedule, diffuse
 
@@ -42,6 +42,7 @@ _APP = {
     "ResidualMLP": "models",
     "UNet": "models",
     "build_model": "models",
+    "w_conditioned_from": "models",
     "Dataset": "data",
     "load_data": "data",
     "frechet_distance": "evaluation",
@@ -56,6 +57,8 @@ __all__ = [
     "DiscreteSchedule",
     "diffuse",
     "predict_x_eps",
+    "guided_x_eps",
+    "NULL_LABEL",
     "ddim_step",
     "ancestral_step",
     "sample",

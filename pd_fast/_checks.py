@@ -164,3 +164,29 @@ def steps_count(steps: Any) -> int:
     if isinstance(steps, bool) or not hasattr(steps, "__index__") or operator.index(steps) < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return operator.index(steps)
+
+
+def labels_tensor(labels: Any, batch: int, device: torch.device) -> torch.Tensor:
+    """Class labels as an int64 (B,) tensor on `device`: an int (shared by the batch) or an integer
+    tensor of shape () or (B,) on `device` or the CPU; -1 is the null label (docs/spec.md section 8).
+    One host sync (the check that no label is below -1)."""
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integers (-1 for the null label), got dtype {labels.dtype}")
+        if labels.device != device and labels.device.type != "cpu":
+            raise ValueError(f"labels is on {labels.device} but the data is on {device}: use one device")
+        arr = labels.detach()
+    elif isinstance(labels, bool) or not isinstance(labels, int):
+        raise ValueError(f"labels must be an int or an integer tensor, got {type(labels).__name__}")
+    else:
+        arr = torch.tensor(labels)
+    if arr.ndim == 0:
+        arr = arr.expand(batch)
+    elif tuple(arr.shape) != (batch,):
+        raise ValueError(
+            f"labels must be an int or of shape ({batch},) (the batch), got shape {tuple(arr.shape)}"
+        )
+    arr = arr.to(device=device, dtype=torch.int64)
+    if bool((arr < -1).any()):
+        raise ValueError(f"labels must be >= -1 (-1 is the null label), got min {arr.min().item()}")
+    return arr.contiguous()

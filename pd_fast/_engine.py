@@ -8,7 +8,9 @@ output, docs/spec.md section 2). The step formulas give the coefficients in floa
 them to fp32; `apply` runs the combination in fp32, in one fused pass on the Triton path
 (`kernels.sampler_step`) or as the torch expression on the torch path. `plan` computes every
 step of the sampler before its `loop` (no host work inside the loop, so it can be captured in a
-CUDA graph: `graphed_loop`). Nothing here checks its inputs: the public functions did.
+CUDA graph: `graphed_loop`). A `Guide` makes every step classifier-free guided (docs/spec.md
+section 8): the model is called with the labels and, when guided, with the null label, and `apply`
+combines the two predictions. Nothing here checks its inputs: the public functions did.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from tqdm.auto import tqdm
 
 from ._backend import kernels
 from ._checks import like, out_matches, per_example, tensor
-from .parameterizations import x_eps_from_out
+from .parameterizations import guided_from_outs, x_eps_from_out
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Model = Callable[..., torch.Tensor]
 
 
 class StepCoefs(NamedTuple):
@@ -42,6 +44,15 @@ StepRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], St
 
 #: what `apply` takes: (alpha_t, sigma_t, k_z, k_x, k_eps, k_noise) as fp32 (B,) tensors
 Prepared = tuple[torch.Tensor | None, ...]
+
+
+class Guide(NamedTuple):
+    """How a conditional model is called (docs/spec.md section 8): `model(z, t, labels)`, and, when
+    `w` is set (fp32 (B,), some w > 0), also `model(z, t, null)` for the guided prediction."""
+
+    labels: torch.Tensor  # int64 (B,)
+    null: torch.Tensor  # int64 (B,), all NULL_LABEL
+    w: torch.Tensor | None
 
 
 def x_hat_coefs(alpha_t: torch.Tensor) -> StepCoefs:
@@ -66,20 +77,27 @@ def apply(
     param: str,
     clip: bool,
     noise: torch.Tensor | None,
+    out_uncond: torch.Tensor | None = None,
+    w: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`z_s = k_z*z + k_x*x_hat + k_eps*eps_hat + k_noise*noise` in fp32, returned in z's dtype.
-    `noise` is None exactly when k_noise is absent."""
+    `noise` is None exactly when k_noise is absent. With `out_uncond` and `w` (fp32 (B,)) the
+    prediction is guided: `x_c + w*(x_c - x_u)` (docs/spec.md section 8)."""
     alpha_t, sigma_t, k_z, k_x, k_eps, k_noise = coefs
     if backend == "triton":
         z_s, _ = kernels().sampler_step(
-            z, out, alpha_t, sigma_t, k_z, k_x, k_eps, k_noise, param, clip, noise
+            z, out, alpha_t, sigma_t, k_z, k_x, k_eps, k_noise, param, clip, noise, out_uncond=out_uncond, w=w
         )
         return z_s
     nd = z.ndim
     z32 = z.float()
-    x_hat, eps_hat = x_eps_from_out(
-        z32, out.float(), per_example(alpha_t, nd), per_example(sigma_t, nd), param, clip
-    )
+    alpha_t, sigma_t = per_example(alpha_t, nd), per_example(sigma_t, nd)
+    if out_uncond is None:
+        x_hat, eps_hat = x_eps_from_out(z32, out.float(), alpha_t, sigma_t, param, clip)
+    else:
+        x_hat, eps_hat = guided_from_outs(
+            z32, out.float(), out_uncond.float(), alpha_t, sigma_t, param, per_example(w, nd), clip
+        )
     z_s = per_example(k_x, nd) * x_hat
     if k_z is not None:
         z_s = per_example(k_z, nd) * z32 + z_s
@@ -96,12 +114,28 @@ def on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.as_tensor(c, dtype=torch.float64).cpu() for c in pair)
 
 
-def model_out(model: Model, z: torch.Tensor, t: torch.Tensor, param: str) -> torch.Tensor:
-    """`model(z, t)`, checked: a tensor of z's dtype and device, shaped as `param` wants."""
-    out = tensor("model output", model(z, t))
+def model_out(
+    model: Model, z: torch.Tensor, t: torch.Tensor, param: str, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`model(z, t)`, or `model(z, t, labels)`, checked: a tensor of z's dtype and device, shaped as
+    `param` wants."""
+    out = tensor("model output", model(z, t) if labels is None else model(z, t, labels))
     like("model output", out, "z", z)
     out_matches(out, z, param, name="model output")
     return out
+
+
+def step_outs(
+    model: Model, z: torch.Tensor, t: torch.Tensor, param: str, guide: Guide | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model's output at (z, t) (with the labels, if any), and `apply`'s guidance arguments
+    (`out_uncond`, the output with the null label, and `w`) when the step is guided."""
+    if guide is None:
+        return model_out(model, z, t, param), {}
+    out = model_out(model, z, t, param, guide.labels)
+    if guide.w is None:
+        return out, {}
+    return out, {"out_uncond": model_out(model, z, t, param, guide.null), "w": guide.w}
 
 
 @dataclass
@@ -155,16 +189,18 @@ def loop(
     backend: str,
     progress: bool = False,
     calls: list[int] | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
-    """The sampler's loop over `calls` (default all): one model call and one step each; the last
-    call returns x_hat. Noise: one `randn(z.shape)` in z's dtype per step with noise, in order."""
+    """The sampler's loop over `calls` (default all): one model call (two when guided) and one step
+    each; the last call returns x_hat. Noise: one `randn(z.shape)` in z's dtype per step with noise,
+    in order."""
     steps = len(plan.t)
     for j in tqdm(calls or range(steps), disable=not progress, desc="sampling", leave=False):
-        out = model_out(model, z, plan.t[j], param)
+        out, guided = step_outs(model, z, plan.t[j], param, guide)
         noise = None
         if plan.noisy and j < steps - 1:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = apply(backend, z, out, plan.coefs[j], param, clip, noise)
+        z = apply(backend, z, out, plan.coefs[j], param, clip, noise, **guided)
     return z
 
 
@@ -177,6 +213,7 @@ def graphed_loop(
     generator: torch.Generator | None,
     seed: int | None,
     backend: str,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """`loop`, captured whole (model calls and steps) in one CUDA graph and replayed once.
 
@@ -189,13 +226,23 @@ def graphed_loop(
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            loop(model, static_z, plan, param, clip, generator, backend, calls=sorted({0, steps - 1}))
+            loop(
+                model,
+                static_z,
+                plan,
+                param,
+                clip,
+                generator,
+                backend,
+                calls=sorted({0, steps - 1}),
+                guide=guide,
+            )
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if generator is not None:  # the default generator is registered by torch itself
             graph.register_generator_state(generator)
         with torch.cuda.graph(graph):
-            x_hat = loop(model, static_z, plan, param, clip, generator, backend)
+            x_hat = loop(model, static_z, plan, param, clip, generator, backend, guide=guide)
         if generator is not None:
             generator.manual_seed(seed)
         graph.replay()

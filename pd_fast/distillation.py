@@ -29,9 +29,9 @@ from ._checks import (
     tensor,
     weighting_name,
 )
-from ._engine import Model, apply, model_out, on_cpu, prepare
+from ._engine import Model, apply, on_cpu, prepare, step_outs
 from .parameterizations import x_eps_from_out
-from .sampling import ddim_coefs
+from .sampling import ddim_coefs, guide_for
 
 
 def _target_coefs(
@@ -104,11 +104,12 @@ def student_grid_index(t: torch.Tensor, steps: int, resolution: float = 0.0) -> 
     return i.long()
 
 
-def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
+def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.0):
     """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time."""
     steps = steps_count(steps)
     param = param_name(param)
     z_t = tensor("z_t", z_t)
+    guide = guide_for(labels, w, z_t)
     batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
     floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
     resolution = torch.finfo(t.dtype).eps if floating else 0.0
@@ -129,18 +130,36 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
     backend = backend_for(z_t)
     # The states z_t' and z_t'' stay fp32 whatever z_t's dtype: x_tilde amplifies their rounding by
     # ~N (docs/spec.md section 4). The teacher sees them in its own dtype.
+    # A guided teacher's outputs are combined as the step's (docs/spec.md section 8).
     with torch.no_grad():
-        out = model_out(teacher, z_t, t.to(device=device, dtype=dtype), param)
+        out, guided = _fp32(*step_outs(teacher, z_t, t.to(device=device, dtype=dtype), param, guide))
         first = prepare(alpha_t, sigma_t, ddim_coefs(alpha_t, sigma_t, alpha_p, sigma_p, 0.0), backend)
-        z_p = apply(backend, z_t.float(), out.float(), first, param, False, None)
-        out_p = model_out(teacher, z_p.to(dtype), t_p.to(device=device, dtype=dtype), param)
+        z_p = apply(backend, z_t.float(), out, first, param, False, None, **guided)
+        out_p, guided = _fp32(
+            *step_outs(teacher, z_p.to(dtype), t_p.to(device=device, dtype=dtype), param, guide)
+        )
         second = prepare(alpha_p, sigma_p, ddim_coefs(alpha_p, sigma_p, alpha_pp, sigma_pp, 0.0), backend)
-        z_pp = apply(backend, z_p, out_p.float(), second, param, False, None)
+        z_pp = apply(backend, z_p, out_p, second, param, False, None, **guided)
     return z_pp, alpha_pp, sigma_pp, alpha_t, sigma_t
 
 
+def _fp32(out: torch.Tensor, guided: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The teacher's outputs in fp32, as the fp32 states z_t', z_t'' are stepped."""
+    if "out_uncond" in guided:
+        guided = {**guided, "out_uncond": guided["out_uncond"].float()}
+    return out.float(), guided
+
+
 def teacher_two_step(
-    teacher: Model, z_t: torch.Tensor, t: Any, steps: int, schedule: Any, param: str
+    teacher: Model,
+    z_t: torch.Tensor,
+    t: Any,
+    steps: int,
+    schedule: Any,
+    param: str,
+    *,
+    labels: Any = None,
+    w: Any = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The teacher's two DDIM steps (never clipped) t -> t' = t - 0.5/N -> t'' = t - 1/N for a
     student of N = `steps` steps ([PD] Algorithm 2, lines 6-8), under `torch.no_grad()`.
@@ -151,17 +170,31 @@ def teacher_two_step(
     `sigma_tpp = 0`, so that `two_step_target` (and `fused_distill_loss`) give that x_hat exactly.
     z_t: (B, ...); t: float, 0-d or (B,), each on the grid i/N (float32 t is snapped to the nearest
     grid point); the teacher sees t in z_t's dtype.
+    Guided teacher (docs/spec.md section 8): with `labels` (an int or an integer (B,) tensor) the
+    teacher is called `teacher(z, t, labels)`, and, if some w > 0, also `teacher(z, t, null)`; both
+    steps (and the final x_hat) use the guided prediction with weight `w` (float, 0-d or (B,), >= 0).
     """
-    z_tpp, alpha_tpp, sigma_tpp, _, _ = _teacher_two_step(teacher, z_t, t, steps, schedule, param)
+    z_tpp, alpha_tpp, sigma_tpp, _, _ = _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels, w)
     return z_tpp, alpha_tpp, sigma_tpp
 
 
 def teacher_target(
-    teacher: Model, z_t: torch.Tensor, t: Any, steps: int, schedule: Any, param: str
+    teacher: Model,
+    z_t: torch.Tensor,
+    t: Any,
+    steps: int,
+    schedule: Any,
+    param: str,
+    *,
+    labels: Any = None,
+    w: Any = 0.0,
 ) -> torch.Tensor:
     """The student's target x_tilde ([PD] Algorithm 2, lines 6-9) for a student of `steps` steps:
-    `two_step_target` of `teacher_two_step` (the teacher's x_hat at t' on the final interval)."""
-    z_tpp, alpha_tpp, sigma_tpp, alpha_t, sigma_t = _teacher_two_step(teacher, z_t, t, steps, schedule, param)
+    `two_step_target` of `teacher_two_step` (the teacher's x_hat at t' on the final interval);
+    guided by `labels` and `w` as there."""
+    z_tpp, alpha_tpp, sigma_tpp, alpha_t, sigma_t = _teacher_two_step(
+        teacher, z_t, t, steps, schedule, param, labels, w
+    )
     return two_step_target(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
 
 

@@ -1,6 +1,7 @@
 """From network output to `(x_hat, eps_hat)` ([PD] Section 4, docs/spec.md section 2; official `dpm.py`),
-on torch tensors: the twin of `pd_ref/parameterizations.py`. The fused Triton kernels compute the
-same formulas inside their passes (`x_eps_from_out` of `pd_fast/kernels/step.py`)."""
+and the classifier-free guided prediction ([GD] Section 3, docs/spec.md section 8), on torch tensors:
+the twin of `pd_ref/parameterizations.py`. The fused Triton kernels compute the same formulas inside
+their passes (`x_eps_from_out` of `pd_fast/kernels/step.py`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Any
 import torch
 
 from ._checks import check_coefs, coef, like, out_matches, param_name, per_example, tensor
+
+#: the label that asks a conditional model for its unconditional prediction (docs/spec.md section 8)
+NULL_LABEL = -1
 
 
 def predict_x_eps(
@@ -61,6 +65,70 @@ def x_eps_from_out(
         x_hat = sigma**2 * x_t + alpha * (z - sigma * e_t)
         eps_hat = (z - alpha * x_hat) / sigma
     if clip:
-        x_hat = torch.clamp(x_hat, -1.0, 1.0)
-        eps_hat = (z - alpha * x_hat) / sigma
+        return clipped_x_eps(z, x_hat, alpha, sigma)
+    return x_hat, eps_hat
+
+
+def clipped_x_eps(
+    z: torch.Tensor, x_hat: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x_hat` clipped to [-1, 1] and `eps_hat = (z - alpha*x_hat) / sigma` recomputed from it
+    (docs/spec.md section 2), in fp32."""
+    x_hat = torch.clamp(x_hat, -1.0, 1.0)
+    return x_hat, (z - alpha * x_hat) / sigma
+
+
+def guided_x_eps(
+    z: torch.Tensor,
+    out_cond: torch.Tensor,
+    out_uncond: torch.Tensor,
+    alpha: Any,
+    sigma: Any,
+    param: str,
+    *,
+    clip: bool = False,
+    w: Any = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier-free guided `(x_hat_w, eps_hat_w)` ([GD] Section 3, docs/spec.md section 8):
+    `x_hat_w = (1 + w)*x_hat(z, c) - w*x_hat(z, null)`, likewise eps_hat_w, each prediction from its
+    output as in `predict_x_eps` (unclipped); with `clip`, x_hat_w clipped after combining and
+    eps_hat_w recomputed from it. Computed as `x_c + w*(x_c - x_u)` in fp32; returned in z's dtype.
+
+    z: (B, ...) fp32/fp16/bf16; out_cond, out_uncond: the outputs with the label and with the null
+    label, shaped as `predict_x_eps` wants, in z's dtype and on its device; alpha, sigma, w: float,
+    0-d or (B,); w >= 0.
+    """
+    param = param_name(param)
+    z = tensor("z", z)
+    for name, out in (("out_cond", out_cond), ("out_uncond", out_uncond)):
+        tensor(name, out)
+        like(name, out, "z", z)
+        out_matches(out, z, param, name)
+    alpha = coef("alpha", alpha, z.shape[0], z.device)
+    sigma = coef("sigma", sigma, z.shape[0], z.device)
+    w = coef("w", w, z.shape[0], z.device)
+    check_coefs(positive={"alpha": alpha, "sigma": sigma}, nonnegative={"w": w})
+    alpha, sigma, w = (per_example(c.to(torch.float32), z.ndim) for c in (alpha, sigma, w))
+    x_hat, eps_hat = guided_from_outs(
+        z.float(), out_cond.float(), out_uncond.float(), alpha, sigma, param, w, clip
+    )
+    return x_hat.to(z.dtype), eps_hat.to(z.dtype)
+
+
+def guided_from_outs(
+    z: torch.Tensor,
+    out_cond: torch.Tensor,
+    out_uncond: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    param: str,
+    w: torch.Tensor,
+    clip: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The formulas of `guided_x_eps` in fp32, without checks; alpha, sigma, w fp32 (B, 1, ..., 1)."""
+    x_c, eps_c = x_eps_from_out(z, out_cond, alpha, sigma, param, False)
+    x_u, eps_u = x_eps_from_out(z, out_uncond, alpha, sigma, param, False)
+    x_hat, eps_hat = x_c + w * (x_c - x_u), eps_c + w * (eps_c - eps_u)
+    if clip:
+        return clipped_x_eps(z, x_hat, alpha, sigma)
     return x_hat, eps_hat

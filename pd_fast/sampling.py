@@ -1,13 +1,15 @@
-"""Sampling steps and the N-step sampler ([DDIM] Eq. 12, [DDPM] Eq. 6-7, docs/spec.md section 3), on torch
-tensors: the twin of `pd_ref/sampling.py`, plus a CUDA-graph sampler.
+"""Sampling steps and the N-step samplers ([DDIM] Eq. 12, [DDPM] Eq. 6-7, docs/spec.md section 3; the
+guided prediction and the stochastic sampler of [GD], docs/spec.md section 8), on torch tensors: the
+twin of `pd_ref/sampling.py`, plus a CUDA-graph sampler.
 
 Every step is one linear combination with per-example coefficients
 `z_s = k_z*z_t + k_x*x_hat + k_eps*eps_hat + k_noise*noise` ((x_hat, eps_hat) from the network
-output, docs/spec.md section 2). `ddim_coefs` and `ancestral_coefs` hold the step formulas (in
-float64); the step engine (`pd_fast/_engine.py`) runs the combination in fp32, in one fused pass on
-the Triton path (`kernels.sampler_step`) or as the torch expression on the torch path. Steps are
-inference: the Triton path does not record autograd history (the torch path does, as plain torch
-would).
+output, docs/spec.md section 2, or the guided prediction, section 8). `ddim_coefs`, `ancestral_coefs`
+and `stochastic_coefs` hold the step formulas (in float64); the step engine (`pd_fast/_engine.py`)
+runs the combination in fp32, in one fused pass on the Triton path (`kernels.sampler_step`, which
+also reads the unconditional output of a guided step) or as the torch expression on the torch path.
+Steps are inference: the Triton path does not record autograd history (the torch path does, as
+plain torch would).
 """
 
 from __future__ import annotations
@@ -19,10 +21,21 @@ from typing import Any
 import torch
 
 from ._backend import backend_for
-from ._checks import check_coefs, coef, like, out_matches, param_name, same_shape, steps_count, tensor
-from ._engine import Model, StepCoefs, StepRule, apply, graphed_loop, loop, plan, prepare
+from ._checks import (
+    check_coefs,
+    coef,
+    labels_tensor,
+    like,
+    out_matches,
+    param_name,
+    same_shape,
+    steps_count,
+    tensor,
+)
+from ._engine import Guide, Model, StepCoefs, StepRule, apply, graphed_loop, loop, on_cpu, plan, prepare
+from .parameterizations import NULL_LABEL
 
-SAMPLERS = ("ddim", "ancestral")
+SAMPLERS = ("ddim", "ancestral", "stochastic")
 VARIANCES = ("fixed_small", "fixed_large")
 
 
@@ -53,15 +66,41 @@ def ancestral_coefs(
     return StepCoefs(r * (alpha_s / alpha_t), one_minus_r * alpha_s, None, torch.sqrt(var))
 
 
-def step_rule(sampler: str, eta: float, variance: str) -> StepRule:
-    """The step formula of `sampler` ("ddim" with `eta`, "ancestral" with `variance`), as the
-    engine's `plan` takes it: (alpha_t, sigma_t, alpha_s, sigma_s) -> StepCoefs."""
+def stochastic_coefs(
+    alpha_t: torch.Tensor,
+    sigma_t: torch.Tensor,
+    alpha_s: torch.Tensor,
+    sigma_s: torch.Tensor,
+    alpha_k: torch.Tensor,
+    sigma_k: torch.Tensor,
+) -> StepCoefs:
+    """[GD]'s stochastic step (docs/spec.md section 8): DDIM from t to k < s, then forward noise from
+    k back to s, `z_s = (alpha_s/alpha_k)*(alpha_k*x_hat + sigma_k*eps_hat) + sigma_{s|k}*noise`, i.e.
+    `k_x = alpha_s`, `k_eps = alpha_s*sigma_k/alpha_k`, `k_noise = sigma_{s|k}` with
+    `sigma_{s|k}^2 = -expm1(lambda_s - lambda_k)*sigma_s^2` (sigma_k = 0 allowed)."""
+    lambda_k = 2.0 * (torch.log(alpha_k) - torch.log(sigma_k))
+    lambda_s = 2.0 * (torch.log(alpha_s) - torch.log(sigma_s))
+    var = -torch.expm1(lambda_s - lambda_k) * sigma_s**2
+    return StepCoefs(None, alpha_s, alpha_s * sigma_k / alpha_k, torch.sqrt(var))
+
+
+def step_rule(sampler: str, eta: float, variance: str, steps: int = 1, schedule: Any = None) -> StepRule:
+    """The step formula of `sampler` ("ddim" with `eta`, "ancestral" with `variance`, "stochastic"
+    on the grid of `steps` of `schedule`), as the engine's `plan` takes it:
+    (alpha_t, sigma_t, alpha_s, sigma_s) -> StepCoefs, all of plan's steps (t_i = i/N, i = N .. 1)
+    at once."""
     if sampler == "ddim":
         return partial(ddim_coefs, eta=eta)
-    return partial(ancestral_coefs, variance=variance)
+    if sampler == "ancestral":
+        return partial(ancestral_coefs, variance=variance)
+    t = torch.arange(steps, 0, -1, dtype=torch.float64) / steps
+    alpha_k, sigma_k = on_cpu(schedule.alpha_sigma(torch.clamp(t - 2.0 / steps, min=0.0)))
+    return partial(stochastic_coefs, alpha_k=alpha_k, sigma_k=sigma_k)
 
 
-def _step_inputs(z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param):
+def _step_inputs(z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param, out_uncond=None, w=0.0):
+    """The checked inputs of a step, and `apply`'s guidance arguments (docs/spec.md section 8):
+    `out_uncond` and `w` (fp32 (B,)) when `out_uncond` is given, else none."""
     param = param_name(param)
     z_t = tensor("z_t", z_t)
     out = tensor("out", out)
@@ -72,12 +111,23 @@ def _step_inputs(z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param):
     sigma_t = coef("sigma_t", sigma_t, b, device)
     alpha_s = coef("alpha_s", alpha_s, b, device)
     sigma_s = coef("sigma_s", sigma_s, b, device)
+    guide = {}
+    if out_uncond is not None:
+        out_uncond = tensor("out_uncond", out_uncond)
+        like("out_uncond", out_uncond, "z_t", z_t)
+        out_matches(out_uncond, z_t, param, "out_uncond")
+        guide = {"out_uncond": out_uncond, "w": coef("w", w, b, device)}
+    elif isinstance(w, torch.Tensor) or w != 0:
+        if bool((torch.as_tensor(w) != 0).any()):
+            raise ValueError("w > 0 needs out_uncond, the output with the null label")
     check_coefs(
         positive={"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_s": alpha_s},
-        nonnegative={"sigma_s": sigma_s},
+        nonnegative={"sigma_s": sigma_s, **{k: v for k, v in guide.items() if k == "w"}},
         before=("sigma_s", "sigma_t"),
     )
-    return z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param
+    if guide:
+        guide["w"] = guide["w"].to(torch.float32).contiguous()
+    return z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param, guide
 
 
 def _noise(noise: Any, z_t: torch.Tensor) -> torch.Tensor:
@@ -117,20 +167,25 @@ def ddim_step(
     clip: bool = False,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
+    out_uncond: torch.Tensor | None = None,
+    w: Any = 0.0,
 ) -> torch.Tensor:
     """One DDIM step from t to s < t ([DDIM] Eq. 12; [PD] Eq. 7 for eta = 0; see `ddim_coefs`).
 
     z_t, noise: (B, ...) fp32/fp16/bf16; out as in `predict_x_eps`; coefficients float, 0-d or (B,).
     `noise` is needed for eta > 0 and ignored for eta = 0. Returns z_s in z_t's dtype.
+    Guided (docs/spec.md section 8): with `out_uncond` (the output with the null label, like `out`),
+    `out` is the conditional output and the step uses `guided_x_eps` with weight `w` (float, 0-d
+    or (B,)), in the same fused pass.
     """
-    z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param = _step_inputs(
-        z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param
+    z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param, guide = _step_inputs(
+        z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param, out_uncond, w
     )
     eta = _eta(eta)
     noise = _noise(noise, z_t) if eta > 0 else None
     backend = backend_for(z_t)
     k = ddim_coefs(alpha_t, sigma_t, alpha_s, sigma_s, eta)
-    return apply(backend, z_t, out, prepare(alpha_t, sigma_t, k, backend), param, clip, noise)
+    return apply(backend, z_t, out, prepare(alpha_t, sigma_t, k, backend), param, clip, noise, **guide)
 
 
 def ancestral_step(
@@ -145,20 +200,23 @@ def ancestral_step(
     clip: bool = False,
     variance: str = "fixed_large",
     noise: torch.Tensor,
+    out_uncond: torch.Tensor | None = None,
+    w: Any = 0.0,
 ) -> torch.Tensor:
     """One ancestral step: a draw from the DDPM posterior q(z_s | z_t, x = x_hat)
     ([DDPM] Eq. 6-7; official `dpm.py` sampler 'noisy'; see `ancestral_coefs`).
 
     z_t, noise: (B, ...); out as in `predict_x_eps`; coefficients float, 0-d or (B,).
+    Guided with `out_uncond` and `w` as `ddim_step`.
     """
-    z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param = _step_inputs(
-        z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param
+    z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param, guide = _step_inputs(
+        z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param, out_uncond, w
     )
     variance = _variance(variance)
     noise = _noise(noise, z_t)
     backend = backend_for(z_t)
     k = ancestral_coefs(alpha_t, sigma_t, alpha_s, sigma_s, variance)
-    return apply(backend, z_t, out, prepare(alpha_t, sigma_t, k, backend), param, clip, noise)
+    return apply(backend, z_t, out, prepare(alpha_t, sigma_t, k, backend), param, clip, noise, **guide)
 
 
 @torch.no_grad()
@@ -174,11 +232,20 @@ def sample(
     eta: float = 0.0,
     variance: str = "fixed_large",
     seed: int | None = None,
+    labels: Any = None,
+    w: Any = 0.0,
     cuda_graph: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Sample with `steps` steps on the grid `t_i = i / steps`, `i = steps .. 1`, from `z = z_1`
-    (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
+    """Sample with `steps` network evaluations on the grid `t_i = i / steps`, `i = steps .. 1`, from
+    `z = z_1` (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
+    sampler: "ddim" (with `eta`), "ancestral" (with `variance`), or "stochastic", [GD]'s N-step
+    sampler (docs/spec.md section 8: a DDIM step to t - 2/N, then forward noise back to t - 1/N,
+    as one fused step; the last step deterministic).
+    Conditional models (docs/spec.md section 8): with `labels` (an int, or an integer (B,) tensor)
+    the model is called `model(z, t, labels)`, and, if some w > 0, also `model(z, t, null)` with
+    labels `NULL_LABEL` = -1; the steps then use the guided prediction with weight `w` (float, 0-d
+    or (B,), >= 0).
 
     model(z, t) takes t, a (B,) tensor in z's dtype, and returns a tensor of z's dtype and device
     (shape as `predict_x_eps` wants). `seed` seeds a `torch.Generator` on z's device for the noise of
@@ -197,12 +264,31 @@ def sample(
     z = tensor("z", z)
     if cuda_graph and not z.is_cuda:
         raise ValueError(f"cuda_graph=True needs z on a CUDA device, got {z.device}")
+    guide = guide_for(labels, w, z)
     backend = backend_for(z)
-    steps_plan = plan(z, steps, schedule, step_rule(sampler, eta, variance), backend)
+    steps_plan = plan(z, steps, schedule, step_rule(sampler, eta, variance, steps, schedule), backend)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=z.device)
         generator.manual_seed(seed)
     if cuda_graph:
-        return graphed_loop(model, z, steps_plan, param, clip, generator, seed, backend)
-    return loop(model, z, steps_plan, param, clip, generator, backend, progress)
+        return graphed_loop(model, z, steps_plan, param, clip, generator, seed, backend, guide)
+    return loop(model, z, steps_plan, param, clip, generator, backend, progress, guide=guide)
+
+
+def guide_for(labels: Any, w: Any, z: torch.Tensor) -> Guide | None:
+    """How `sample` calls the model (docs/spec.md section 8): None without labels; with labels, the
+    w of the guided steps, or None in place of w when every w is 0 (one call per step)."""
+    if labels is None and not isinstance(w, torch.Tensor) and w == 0:
+        return None  # unconditional: no checks, no host sync
+    batch, device = z.shape[0], z.device
+    w = coef("w", w, batch, device)
+    check_coefs(positive={}, nonnegative={"w": w})
+    guided = bool((w > 0).any())
+    if labels is None:
+        if guided:
+            raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
+        return None
+    labels = labels_tensor(labels, batch, device)
+    w = w.to(torch.float32).contiguous() if guided else None
+    return Guide(labels, torch.full_like(labels, NULL_LABEL), w)

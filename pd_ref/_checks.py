@@ -96,3 +96,18 @@ def steps_count(steps: Any) -> int:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return int(steps)
+
+
+def labels_array(labels: Any, batch: int) -> np.ndarray:
+    """Class labels as an int64 (B,) array: an int (shared by the batch) or an integer array of
+    shape () or (B,); -1 is the null label (docs/spec.md section 8)."""
+    arr = np.asarray(labels)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"labels must be integers (-1 for the null label), got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(batch, arr.item())
+    elif arr.shape != (batch,):
+        raise ValueError(f"labels must be an int or of shape ({batch},) (the batch), got shape {arr.shape}")
+    if np.any(arr < -1):
+        raise ValueError(f"labels must be >= -1 (-1 is the null label), got min {arr.min()}")
+    return arr.astype(np.int64)

@@ -11,6 +11,7 @@ from ._checks import (
     as_array,
     before,
     coef,
+    labels_array,
     out_matches,
     param_name,
     same_shape,
@@ -18,7 +19,7 @@ from ._checks import (
     times,
     weighting_name,
 )
-from .parameterizations import x_eps_from_out
+from .parameterizations import NULL_LABEL, step_x_eps, x_eps_from_out
 from .sampling import ddim_step
 
 
@@ -53,25 +54,37 @@ def student_grid_index(t: Any, steps: int) -> np.ndarray:
 
 
 def teacher_target(
-    teacher: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    teacher: Callable[..., np.ndarray],
     z_t: Any,
     t: Any,
     steps: int,
     schedule: Any,
     param: str,
+    *,
+    labels: Any = None,
+    w: Any = 0.0,
 ) -> np.ndarray:
     """The student's target x_tilde ([PD] Algorithm 2, lines 6-9) for a student of `steps` steps.
 
     The teacher (never clipped) takes two DDIM steps, t -> t' = t - 0.5/N -> t'' = t - 1/N, and
     the target is `two_step_target` of the result. On the final interval (t = 1/N, t'' = 0) the
     target is the teacher's x_hat at (z_t', t') (official `dpm.py`).
+    Guided teacher (docs/spec.md section 8): with `labels` the teacher is called
+    `teacher(z, t, labels)`, and for any w > 0 also `teacher(z, t, null)`; its steps and its final
+    x_hat then use the guided prediction with weight `w` (float, 0-d or (B,), >= 0).
 
-    z_t: (B, ...); t: (B,) or a float, each on the grid i/N.
+    z_t: (B, ...); t: (B,) or a float, each on the grid i/N; labels: an int or (B,) ints.
     """
     steps = steps_count(steps)
     param = param_name(param)
     z_t = as_array("z_t", z_t)
     batch, nd = z_t.shape[0], z_t.ndim
+    w = coef("w", w, batch, 1).reshape(-1)
+    if labels is None and np.any(w != 0):
+        raise ValueError("w > 0 needs labels: guidance combines the teacher with and without them")
+    if labels is not None:
+        labels = labels_array(labels, batch)
+    guided = labels is not None and bool(np.any(w != 0))
     t = np.broadcast_to(times("t", t), (batch,)).astype(np.float64)
     final = (student_grid_index(t, steps) == 1).reshape((-1,) + (1,) * (nd - 1))
     t_p, t_pp = t - 0.5 / steps, np.maximum(t - 1.0 / steps, 0.0)
@@ -81,17 +94,24 @@ def teacher_target(
         schedule.alpha_sigma(t_pp),
     )
 
-    def teacher_out(z: np.ndarray, time: np.ndarray) -> np.ndarray:
-        out = as_array("teacher output", teacher(z, time))
+    def teacher_out(z: np.ndarray, time: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        out = as_array("teacher output", teacher(z, time) if c is None else teacher(z, time, c))
         out_matches(out, z, param, "teacher output")
         return out
 
-    z_p = ddim_step(z_t, teacher_out(z_t, t), alpha_t, sigma_t, alpha_p, sigma_p, param)
-    out_p = teacher_out(z_p, t_p)
-    z_pp = ddim_step(z_p, out_p, alpha_p, sigma_p, alpha_pp, sigma_pp, param)
-    x_hat_p, _ = x_eps_from_out(
-        z_p, out_p, alpha_p.reshape(final.shape), sigma_p.reshape(final.shape), param, False
-    )
+    def outs(z: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The conditional (or only) output, and the guidance arguments of the steps."""
+        out = teacher_out(z, time, labels)
+        if not guided:
+            return out, {}
+        return out, {"out_uncond": teacher_out(z, time, np.full_like(labels, NULL_LABEL)), "w": w}
+
+    out, guide = outs(z_t, t)
+    z_p = ddim_step(z_t, out, alpha_t, sigma_t, alpha_p, sigma_p, param, **guide)
+    out_p, guide = outs(z_p, t_p)
+    z_pp = ddim_step(z_p, out_p, alpha_p, sigma_p, alpha_pp, sigma_pp, param, **guide)
+    a_p, s_p = alpha_p.reshape(final.shape), sigma_p.reshape(final.shape)
+    x_hat_p, _ = step_x_eps(z_p, out_p, a_p, s_p, param, False, **guide)
     return np.where(final, x_hat_p, two_step_target(z_t, z_pp, alpha_t, sigma_t, alpha_pp, sigma_pp))
 
 

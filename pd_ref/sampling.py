@@ -1,4 +1,5 @@
-"""Sampling steps and the N-step sampler ([DDIM] Eq. 12, [DDPM] Eq. 6-7, docs/spec.md section 3)."""
+"""Sampling steps and the N-step samplers ([DDIM] Eq. 12, [DDPM] Eq. 6-7, docs/spec.md section 3; the
+guided prediction and the stochastic sampler of [GD], docs/spec.md section 8)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import as_array, before, coef, out_matches, param_name, same_shape, steps_count
-from .parameterizations import x_eps_from_out
+from ._checks import as_array, before, coef, labels_array, out_matches, param_name, same_shape, steps_count
+from .parameterizations import NULL_LABEL, step_x_eps
 
-SAMPLERS = ("ddim", "ancestral")
+SAMPLERS = ("ddim", "ancestral", "stochastic")
 VARIANCES = ("fixed_small", "fixed_large")
 
 
@@ -48,6 +49,8 @@ def ddim_step(
     clip: bool = False,
     eta: float = 0.0,
     noise: Any = None,
+    out_uncond: Any = None,
+    w: Any = 0.0,
 ) -> np.ndarray:
     """One DDIM step from t to s < t ([DDIM] Eq. 12; [PD] Eq. 7 for eta = 0).
 
@@ -55,13 +58,15 @@ def ddim_step(
     eta > 0: `c = eta*(sigma_s/sigma_t)*sqrt(1 - alpha_t^2/alpha_s^2)`,
              `z_s = alpha_s*x_hat + sqrt(sigma_s^2 - c^2)*eps_hat + c*noise`.
     z_t, noise: (B, ...); out as in `predict_x_eps`; coefficients float, 0-d or (B,).
+    Guided (docs/spec.md section 8): with `out_uncond` (the output with the null label), `out` is
+    the conditional output and (x_hat, eps_hat) are `guided_x_eps` with weight `w` (float, 0-d or (B,)).
     """
     z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param = _step_inputs(
         z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param
     )
     if not (np.isfinite(eta) and 0.0 <= eta <= 1.0):
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    x_hat, eps_hat = x_eps_from_out(z_t, out, alpha_t, sigma_t, param, clip)
+    x_hat, eps_hat = step_x_eps(z_t, out, alpha_t, sigma_t, param, clip, out_uncond, w)
     if eta == 0.0:
         return alpha_s * x_hat + sigma_s * eps_hat
     noise = _noise(noise, z_t)
@@ -81,13 +86,15 @@ def ancestral_step(
     clip: bool = False,
     variance: str = "fixed_large",
     noise: Any,
+    out_uncond: Any = None,
+    w: Any = 0.0,
 ) -> np.ndarray:
     """One ancestral step: a draw from the DDPM posterior q(z_s | z_t, x = x_hat)
     ([DDPM] Eq. 6-7; official `dpm.py` sampler 'noisy').
 
     `r = exp(lambda_t - lambda_s)`, `mean = r*(alpha_s/alpha_t)*z_t + (1 - r)*alpha_s*x_hat`,
     variance `(1 - r)*sigma_s^2` ('fixed_small') or `(1 - r)*sigma_t^2` ('fixed_large');
-    `1 - r = -expm1(lambda_t - lambda_s)`.
+    `1 - r = -expm1(lambda_t - lambda_s)`. Guided with `out_uncond` and `w` as `ddim_step`.
     """
     z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param = _step_inputs(
         z_t, out, alpha_t, sigma_t, alpha_s, sigma_s, param
@@ -95,7 +102,7 @@ def ancestral_step(
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     noise = _noise(noise, z_t)
-    x_hat, _ = x_eps_from_out(z_t, out, alpha_t, sigma_t, param, clip)
+    x_hat, _ = step_x_eps(z_t, out, alpha_t, sigma_t, param, clip, out_uncond, w)
     with np.errstate(divide="ignore"):
         lambda_t = 2.0 * (np.log(alpha_t) - np.log(sigma_t))
         lambda_s = 2.0 * (np.log(alpha_s) - np.log(sigma_s))
@@ -106,8 +113,32 @@ def ancestral_step(
     return mean + np.sqrt(var) * noise
 
 
+def noise_back(z_k: Any, alpha_k: Any, sigma_k: Any, alpha_s: Any, sigma_s: Any, noise: Any) -> np.ndarray:
+    """Forward noising from k to s > k, a draw from q(z_s | z_k) ([GD] Section 4.3's "stochastic step
+    backward", docs/spec.md section 8): `z_s = (alpha_s/alpha_k)*z_k + sigma_{s|k}*noise`,
+    `sigma_{s|k}^2 = (1 - exp(lambda_s - lambda_k))*sigma_s^2 = sigma_s^2 - (alpha_s/alpha_k)^2*sigma_k^2`
+    (`1 - exp(.)` as `-expm1(.)`; sigma_k = 0 is allowed).
+
+    z_k, noise: (B, ...); coefficients float, 0-d or (B,).
+    """
+    z_k = as_array("z_k", z_k)
+    noise = as_array("noise", noise)
+    same_shape("noise", noise, "z_k", z_k)
+    b, nd = z_k.shape[0], z_k.ndim
+    alpha_k = coef("alpha_k", alpha_k, b, nd, positive=True)
+    sigma_k = coef("sigma_k", sigma_k, b, nd)
+    alpha_s = coef("alpha_s", alpha_s, b, nd, positive=True)
+    sigma_s = coef("sigma_s", sigma_s, b, nd, positive=True)
+    before("sigma_k", sigma_k, "sigma_s", sigma_s)
+    with np.errstate(divide="ignore"):
+        lambda_k = 2.0 * (np.log(alpha_k) - np.log(sigma_k))
+    lambda_s = 2.0 * (np.log(alpha_s) - np.log(sigma_s))
+    var = -np.expm1(lambda_s - lambda_k) * sigma_s**2
+    return (alpha_s / alpha_k) * z_k + np.sqrt(var) * noise
+
+
 def sample(
-    model: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    model: Callable[..., np.ndarray],
     z: Any,
     steps: int,
     schedule: Any,
@@ -118,38 +149,68 @@ def sample(
     eta: float = 0.0,
     variance: str = "fixed_large",
     seed: int | None = None,
+    labels: Any = None,
+    w: Any = 0.0,
 ) -> np.ndarray:
-    """Sample with `steps` steps on the grid `t_i = i / steps`, `i = steps .. 1`, from `z = z_1`
-    (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
+    """Sample with `steps` network evaluations on the grid `t_i = i / steps`, `i = steps .. 1`, from
+    `z = z_1` (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
 
+    sampler: "ddim" (with `eta`), "ancestral" (with `variance`), or "stochastic", [GD]'s N-step
+    sampler (docs/spec.md section 8): from t, a DDIM step to `k = max(t - 2/N, 0)`, then `noise_back`
+    to `s = t - 1/N`; the last step deterministic.
     model(z, t) takes t of shape (B,); `seed` seeds the noise of stochastic samplers.
+    Conditional models (docs/spec.md section 8): with `labels` (an int or (B,) ints) the model is
+    called `model(z, t, labels)`, and for any w > 0 also `model(z, t, null)` with the null label -1;
+    the steps then use the guided prediction with weight `w` (float, 0-d or (B,), >= 0).
     """
     steps = steps_count(steps)
     param = param_name(param)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     z = as_array("z", z)
+    w = coef("w", w, z.shape[0], 1).reshape(-1)
+    if labels is None and np.any(w != 0):
+        raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
+    if labels is not None:
+        labels = labels_array(labels, z.shape[0])
+    guided = labels is not None and bool(np.any(w != 0))
     rng = np.random.default_rng(seed)
     t_batch = np.ones(z.shape[0])
 
-    def model_out(z: np.ndarray, t: float) -> np.ndarray:
-        out = as_array("model output", model(z, t * t_batch))
+    def model_out(z: np.ndarray, t: float, c: np.ndarray | None) -> np.ndarray:
+        out = model(z, t * t_batch) if c is None else model(z, t * t_batch, c)
+        out = as_array("model output", out)
         out_matches(out, z, param, "model output")
         return out
+
+    def outs(z: np.ndarray, t: float) -> tuple[np.ndarray, dict[str, Any]]:
+        """The conditional (or only) output, and the guidance arguments of the steps."""
+        out = model_out(z, t, labels)
+        if not guided:
+            return out, {}
+        return out, {"out_uncond": model_out(z, t, np.full_like(labels, NULL_LABEL)), "w": w}
 
     for i in range(steps, 1, -1):
         t, s = i / steps, (i - 1) / steps
         alpha_t, sigma_t = schedule.alpha_sigma(t)
         alpha_s, sigma_s = schedule.alpha_sigma(s)
-        out = model_out(z, t)
+        out, guide = outs(z, t)
         if sampler == "ddim":
             noise = rng.standard_normal(z.shape) if eta > 0 else None
-            z = ddim_step(z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, eta=eta, noise=noise)
-        else:
+            z = ddim_step(
+                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, eta=eta, noise=noise, **guide
+            )
+        elif sampler == "ancestral":
             noise = rng.standard_normal(z.shape)
             z = ancestral_step(
-                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, variance=variance, noise=noise
-            )
+                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param,
+                clip=clip, variance=variance, noise=noise, **guide,
+            )  # fmt: skip
+        else:
+            alpha_k, sigma_k = schedule.alpha_sigma(max(t - 2.0 / steps, 0.0))
+            z_k = ddim_step(z, out, alpha_t, sigma_t, alpha_k, sigma_k, param, clip=clip, **guide)
+            z = noise_back(z_k, alpha_k, sigma_k, alpha_s, sigma_s, rng.standard_normal(z.shape))
     alpha_t, sigma_t = schedule.alpha_sigma(1.0 / steps)
-    x_hat, _ = x_eps_from_out(z, model_out(z, 1.0 / steps), alpha_t, sigma_t, param, clip)
+    out, guide = outs(z, 1.0 / steps)
+    x_hat, _ = step_x_eps(z, out, alpha_t, sigma_t, param, clip, **guide)
     return x_hat

@@ -1,6 +1,7 @@
 """Helpers for the pd_fast tests: tensors from NumPy data in a given dtype and memory layout, the
 error scales of tests/tolerances.py, the comparison itself, and a Gaussian "network" whose output
-is known exactly, in torch (capturable in a CUDA graph) and in NumPy for pd_ref."""
+is known exactly, in torch (capturable in a CUDA graph) and in NumPy for pd_ref; its conditional
+version (one Gaussian per class, docs/spec.md section 8) for the guided functions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 import pd_ref
+from pd_ref.sampling import noise_back
 
 from .tolerances import FP32_RTOL, LOSS_RTOL, OUT_ATOL, OUT_RTOL
 
@@ -90,17 +92,41 @@ def predict_scale(param: str, z, out, alpha, sigma, clip: bool) -> tuple[np.ndar
     return x, e
 
 
-def ddim_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise=None) -> np.ndarray:
+def guided_predict_scale(param, z, out, out_uncond, alpha, sigma, w, clip) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitudes of the terms of the guided prediction `x_c + w*(x_c - x_u)` (docs/spec.md section 8):
+    `(1 + w)*scale_c + w*scale_u`, for x_hat and eps_hat alike; with `clip`, eps_hat recomputed from the
+    clipped x_hat. w shaped to broadcast."""
+    x_c, e_c = predict_scale(param, z, out, alpha, sigma, False)
+    x_u, e_u = predict_scale(param, z, out_uncond, alpha, sigma, False)
+    x, e = (1 + w) * x_c + w * x_u, (1 + w) * e_c + w * e_u
+    if clip:
+        e = (np.abs(z) + alpha * x) / sigma
+    return x, e
+
+
+def step_predict_scale(param, z, out, alpha, sigma, clip, out_uncond=None, w=None):
+    """`predict_scale`, or `guided_predict_scale` when `out_uncond` is given."""
+    if out_uncond is None:
+        return predict_scale(param, z, out, alpha, sigma, clip)
+    return guided_predict_scale(param, z, out, out_uncond, alpha, sigma, w, clip)
+
+
+def ddim_scale(
+    param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise=None, out_uncond=None, w=None
+) -> np.ndarray:
     """`alpha_s*|x_hat| + sigma_s*(|eps_hat| + |noise|)`: every DDIM coefficient (k_eps and c too)
-    is at most sigma_s."""
-    x, e = predict_scale(param, z, out, alpha_t, sigma_t, clip)
+    is at most sigma_s; so is every coefficient of the stochastic step (k_eps = alpha_s sigma_k/alpha_k
+    with alpha_s <= alpha_k and sigma_k <= sigma_s, k_noise <= sigma_s). Guided with `out_uncond`, `w`."""
+    x, e = step_predict_scale(param, z, out, alpha_t, sigma_t, clip, out_uncond, w)
     return alpha_s * x + sigma_s * (e + (0.0 if noise is None else np.abs(noise)))
 
 
-def ancestral_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise) -> np.ndarray:
+def ancestral_scale(
+    param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise, out_uncond=None, w=None
+) -> np.ndarray:
     """`|z| + alpha_s*|x_hat| + sigma_t*|noise|`: r*alpha_s/alpha_t <= 1, (1 - r)*alpha_s <= alpha_s,
-    sqrt(var) <= sigma_t."""
-    x, _ = predict_scale(param, z, out, alpha_t, sigma_t, clip)
+    sqrt(var) <= sigma_t. Guided with `out_uncond`, `w`."""
+    x, _ = step_predict_scale(param, z, out, alpha_t, sigma_t, clip, out_uncond, w)
     return np.abs(z) + alpha_s * x + sigma_t * np.abs(noise)
 
 
@@ -116,25 +142,71 @@ def target_scale(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp) -> np.ndarr
 GAUSSIAN_LIPSCHITZ = 4.0
 
 
-def teacher_target_scale(param, teacher, z, t, steps, schedule) -> np.ndarray:
+def other_rounding(z: np.ndarray, err: np.ndarray, dtype: str) -> np.ndarray:
+    """Where a value known to within `err` may round to either of two neighbours of `dtype`, the
+    neighbour that z itself does not round to; elsewhere z's own rounding."""
+    own = torch.from_numpy(z).to(DTYPES[dtype])
+    up, down = (torch.from_numpy(z + sign * err).to(DTYPES[dtype]) for sign in (1.0, -1.0))
+    return to_np(torch.where(up != own, up, torch.where(down != own, down, own)))
+
+
+def teacher_target_scale(
+    param, teacher, z, t, steps, schedule, labels=None, w=None, dtype=None
+) -> np.ndarray:
     """Error scale of `teacher_target` (float64, following pd_ref.teacher_target): each teacher
     step's own `ddim_scale`, the first carried through the second by GAUSSIAN_LIPSCHITZ, then the
-    target's 1/den amplification (`target_scale`); on the final interval, x_hat's own scale."""
+    target's 1/den amplification (`target_scale`); on the final interval, x_hat's own scale.
+    Guided (labels and w (B,)): the teacher is `teacher(z, t, c)`, the scales `guided_predict_scale`'s
+    (the classes share one STD, so the guided map has the unguided map's slope).
+
+    With `dtype`, the teacher sees z_t' rounded to it: where pd_fast's fp32 z_t' (within
+    FP32_RTOL * its scale of pd_ref's) may round to the other neighbour, its teacher sees that value;
+    the scale then also holds the difference this makes to the target (evaluated with pd_ref), which
+    for eps at t' ~ 1 is ~ulp/alpha_t' (a jump, not covered by a Lipschitz bound)."""
     t = np.broadcast_to(np.asarray(t, dtype=np.float64), (z.shape[0],))
     t_p, t_pp = t - 0.5 / steps, np.maximum(t - 1.0 / steps, 0.0)
     (a_t, s_t), (a_p, s_p), (a_pp, s_pp) = (
         (per_example(a, z.ndim), per_example(s, z.ndim)) for a, s in map(schedule.alpha_sigma, (t, t_p, t_pp))
     )
-    out = teacher(z, t)
-    err_p = ddim_scale(param, z, out, a_t, s_t, a_p, s_p, False)
-    z_p = pd_ref.ddim_step(z, out, a_t.ravel(), s_t.ravel(), a_p.ravel(), s_p.ravel(), param)
-    out_p = teacher(z_p, t_p)
-    err_pp = ddim_scale(param, z_p, out_p, a_p, s_p, a_pp, s_pp, False) + GAUSSIAN_LIPSCHITZ * err_p
+
+    def outs(z, time):
+        if labels is None:
+            return teacher(z, time), {}
+        return teacher(z, time, labels), {"out_uncond": teacher(z, time, np.full_like(labels, -1)), "w": w}
+
+    def step_w(guide):
+        return {**guide, "w": per_example(guide["w"], z.ndim)} if guide else {}
+
+    final = per_example(np.isclose(t * steps, 1.0), z.ndim)
+
+    def target(z_p, out_p, guide):
+        """pd_ref's target from z_t' and the teacher's outputs there."""
+        z_pp = pd_ref.ddim_step(
+            z_p, out_p, a_p.ravel(), s_p.ravel(), a_pp.ravel(), s_pp.ravel(), param, **guide
+        )
+        coefs = (a_p.ravel(), s_p.ravel(), param)
+        if guide:
+            x_hat_p = pd_ref.guided_x_eps(z_p, out_p, guide["out_uncond"], *coefs, w=w)[0]
+        else:
+            x_hat_p = pd_ref.predict_x_eps(z_p, out_p, *coefs)[0]
+        ratio = s_pp / s_t
+        return np.where(final, x_hat_p, (z_pp - ratio * z) / (a_pp - ratio * a_t))
+
+    out, guide = outs(z, t)
+    err_p = ddim_scale(param, z, out, a_t, s_t, a_p, s_p, False, **step_w(guide))
+    z_p = pd_ref.ddim_step(z, out, a_t.ravel(), s_t.ravel(), a_p.ravel(), s_p.ravel(), param, **guide)
+    out_p, guide = outs(z_p, t_p)
+    err_pp = ddim_scale(param, z_p, out_p, a_p, s_p, a_pp, s_pp, False, **step_w(guide))
+    err_pp = err_pp + GAUSSIAN_LIPSCHITZ * err_p
     ratio = s_pp / s_t
     step_scale = (err_pp + ratio * np.abs(z)) / np.abs(a_pp - ratio * a_t)
-    x_scale, _ = predict_scale(param, z_p, out_p, a_p, s_p, False)
-    final = per_example(np.isclose(t * steps, 1.0), z.ndim)
-    return np.where(final, x_scale + GAUSSIAN_LIPSCHITZ * err_p, step_scale)
+    x_scale, _ = step_predict_scale(param, z_p, out_p, a_p, s_p, False, **step_w(guide))
+    scale = np.where(final, x_scale + GAUSSIAN_LIPSCHITZ * err_p, step_scale)
+    if dtype is None:
+        return scale
+    seen = other_rounding(z_p, FP32_RTOL * err_p, dtype)  # the teacher is elementwise: one call
+    jump = np.abs(target(z_p, *outs(seen, t_p)) - target(z_p, out_p, guide))
+    return scale + jump / FP32_RTOL
 
 
 # ------------------------------------------------------------------ the comparison
@@ -212,30 +284,51 @@ def check_loss_and_grad(param, dtype, loss, grad, incoming, ref_loss, w, ref_gra
 # ------------------------------------------------------------------ pd_ref's sampler loop
 
 
-def ref_sample(model, z, steps, schedule, param, clip, sampler, eta, variance, noises):
+def ref_sample(model, z, steps, schedule, param, clip, sampler, eta, variance, noises, labels=None, w=None):
     """pd_ref's sampler loop (as pd_ref.sample) with given noise draws, one per step but the last.
     Also returns the sum over the model calls of each step's error scale (fast_support), the
-    magnitude of the terms that step combines, along the reference trajectory."""
+    magnitude of the terms that step combines, along the reference trajectory. Guided when `labels`
+    and `w` ((B,), some > 0) are given: `model(z, t, c)` with the labels and with the null label."""
     t_batch = np.ones(z.shape[0])
     scales = np.zeros_like(z)
+
+    def outs(z, time):
+        if labels is None:
+            return model(z, time), {}
+        out = model(z, time, labels)
+        if not np.any(w > 0):
+            return out, {}
+        return out, {"out_uncond": model(z, time, np.full_like(labels, -1)), "w": w}
+
+    def shaped(guide):
+        return {**guide, "w": per_example(guide["w"], z.ndim)} if guide else {}
+
     for k, i in enumerate(range(steps, 1, -1)):
         t, s = i / steps, (i - 1) / steps
         (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
-        out = model(z, t * t_batch)
+        out, guide = outs(z, t * t_batch)
         noise = noises[k]
+        coefs = (alpha_t, sigma_t, alpha_s, sigma_s)
         if sampler == "ddim":
-            scales += ddim_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise)
-            z = pd_ref.ddim_step(
-                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, eta=eta, noise=noise
-            )
-        else:
-            scales += ancestral_scale(param, z, out, alpha_t, sigma_t, alpha_s, sigma_s, clip, noise)
+            scales += ddim_scale(param, z, out, *coefs, clip, noise, **shaped(guide))
+            z = pd_ref.ddim_step(z, out, *coefs, param, clip=clip, eta=eta, noise=noise, **guide)
+        elif sampler == "ancestral":
+            scales += ancestral_scale(param, z, out, *coefs, clip, noise, **shaped(guide))
             z = pd_ref.ancestral_step(
-                z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, variance=variance, noise=noise
+                z, out, *coefs, param, clip=clip, variance=variance, noise=noise, **guide
             )
+        else:  # [GD]'s stochastic step (docs/spec.md section 8), through pd_ref's own pieces
+            scales += ddim_scale(param, z, out, *coefs, clip, noise, **shaped(guide))
+            alpha_k, sigma_k = schedule.alpha_sigma(max(t - 2.0 / steps, 0.0))
+            z_k = pd_ref.ddim_step(z, out, alpha_t, sigma_t, alpha_k, sigma_k, param, clip=clip, **guide)
+            z = noise_back(z_k, alpha_k, sigma_k, alpha_s, sigma_s, noise)
     alpha_t, sigma_t = schedule.alpha_sigma(1.0 / steps)
-    out = model(z, t_batch / steps)
-    scales += predict_scale(param, z, out, alpha_t, sigma_t, clip)[0]
+    out, guide = outs(z, t_batch / steps)
+    scales += step_predict_scale(param, z, out, alpha_t, sigma_t, clip, **shaped(guide))[0]
+    if guide:
+        return pd_ref.guided_x_eps(z, out, guide["out_uncond"], alpha_t, sigma_t, param, clip=clip, w=w)[
+            0
+        ], scales
     return pd_ref.predict_x_eps(z, out, alpha_t, sigma_t, param, clip=clip)[0], scales
 
 
@@ -247,14 +340,17 @@ COSINE_B = math.atan(math.exp(-10.0))
 COSINE_A = math.atan(math.exp(10.0)) - COSINE_B
 
 
-def gaussian_out_torch(z: torch.Tensor, t: torch.Tensor, param: str) -> torch.Tensor:
-    """The exact denoiser of Gaussian data under the cosine schedule, as `param` output, in pure
-    torch (float64 inside; capturable in a CUDA graph); returned in z's dtype."""
+def gaussian_out_torch(z: torch.Tensor, t: torch.Tensor, param: str, mu=MU) -> torch.Tensor:
+    """The exact denoiser of Gaussian data N(mu, STD^2) under the cosine schedule, as `param` output,
+    in pure torch (float64 inside; capturable in a CUDA graph); returned in z's dtype. mu: a float,
+    or a float64 (B,) tensor of per-example means."""
     theta = COSINE_A * t.to(torch.float64) + COSINE_B
     shape = (-1,) + (1,) * (z.ndim - 1)
     alpha, sigma = torch.cos(theta).reshape(shape), torch.sin(theta).reshape(shape)
+    if isinstance(mu, torch.Tensor):
+        mu = mu.reshape(shape)
     z64 = z.to(torch.float64)
-    x_hat = MU + alpha * STD**2 / (alpha**2 * STD**2 + sigma**2) * (z64 - alpha * MU)
+    x_hat = mu + alpha * STD**2 / (alpha**2 * STD**2 + sigma**2) * (z64 - alpha * mu)
     eps_hat = (z64 - alpha * x_hat) / sigma
     if param == "eps":
         out = eps_hat
@@ -280,5 +376,30 @@ def gaussian_model_ref(param: str, dtype: str):
         z_d = torch.from_numpy(np.asarray(z, dtype=np.float64)).to(DTYPES[dtype])
         t_d = torch.from_numpy(np.asarray(t, dtype=np.float64)).to(DTYPES[dtype])
         return to_np(gaussian_out_torch(z_d, t_d, param))
+
+    return model
+
+
+#: the mean of class c is MU + CLASS_SHIFT*(c + 1): the null label -1 gives MU
+CLASS_SHIFT = 0.15
+
+
+def class_means(c: torch.Tensor) -> torch.Tensor:
+    return MU + CLASS_SHIFT * (c.to(torch.float64) + 1.0)
+
+
+def gaussian_cond_model(param: str):
+    """model(z, t, c) for pd_fast: the exact denoiser of class c's Gaussian N(MU_c, STD^2). All
+    classes share STD, so a guided step is the affine map of an unguided one (same slope)."""
+    return lambda z, t, c: gaussian_out_torch(z, t, param, class_means(c).to(z.device))
+
+
+def gaussian_cond_model_ref(param: str, dtype: str):
+    """The same conditional network for pd_ref, seeing z and t rounded to `dtype`, output rounded."""
+
+    def model(z: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
+        z_d = torch.from_numpy(np.asarray(z, dtype=np.float64)).to(DTYPES[dtype])
+        t_d = torch.from_numpy(np.asarray(t, dtype=np.float64)).to(DTYPES[dtype])
+        return to_np(gaussian_out_torch(z_d, t_d, param, class_means(torch.from_numpy(np.asarray(c)))))
 
     return model

@@ -87,3 +87,13 @@ def step_pairs(draw, batch: int) -> tuple[np.ndarray, np.ndarray, int]:
     i = np.concatenate([[i0], rng.integers(1, n + 1, batch - 1)])
     j = np.concatenate([[j0], [rng.integers(0, k) for k in i[1:]]]).astype(np.int64)
     return i / n, j / n, n
+
+
+# ------------------------------------------------------------------------------------------------
+# classifier-free guidance (docs/spec.md section 8)
+# ------------------------------------------------------------------------------------------------
+
+#: guidance weights w >= 0: 0 (the conditional model), the job's grid {1, 2, 4}, and beyond
+guidance_weights = st.one_of(st.sampled_from([0.0, 1.0, 2.0, 4.0]), st.floats(0.0, 8.0))
+#: how w is passed: a float shared by the batch, a 0-d tensor, or per example (B,)
+guidance_forms = st.sampled_from(["float", "0-d", "batch"])

@@ -7,6 +7,15 @@
 The output has the input's shape, or twice its channels (axis 1) for `param="both"` (x half first,
 eps half second; docs/spec.md section 2). Weights are initialised deterministically from `seed`; the last
 layer starts at zero, so an untrained `v` or `x` model predicts `x_hat = alpha_t * z_t` or 0.
+
+Conditional networks (docs/spec.md section 8): with `num_classes`, `model(z, t, c)` takes class
+labels c (B,) in [0, num_classes), or -1 (`NULL_LABEL`, also what an omitted c means) for the
+unconditional prediction: a label embedding with one extra (null) row is added to the time
+embedding. With `w_conditioned` (the guided student of [GD]), `model(z, t, c, w)` also takes the
+guidance weight w: a Fourier embedding of w, through an MLP whose output layer starts at zero, is
+added there too, so that `w_conditioned_from(teacher)` starts as the teacher's conditional model.
+The modules these options add are created after all others, so an unconditional network keeps its
+weights (and outputs) for a given seed.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ..parameterizations import NULL_LABEL
 
 PARAMS = ("eps", "x", "v", "both")
 
@@ -35,6 +46,19 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angles = 1000.0 * t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def guidance_embedding(w: Tensor, dim: int, min_freq: float = 0.25, max_freq: float = 64.0) -> Tensor:
+    """Fourier embedding of the guidance weight ([GD] Section 4.1): w: (B,) -> (B, dim),
+    `[cos(w f_k), sin(w f_k)]` with `f_k` geometric from `min_freq` to `max_freq` (w in [0, 4] and
+    beyond: the lowest frequency does not wrap below w = 25)."""
+    half = dim // 2
+    freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), half, device=w.device))
+    angles = w.float()[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
@@ -61,6 +85,82 @@ class _TimeMLP(nn.Module):
         return self.net(timestep_embedding(t, self.emb_dim))
 
 
+class _GuidanceMLP(nn.Module):
+    """`guidance_embedding(w)` -> Linear -> SiLU -> Linear, the last layer zero-initialised: the
+    embedding starts at exactly 0 for every w."""
+
+    def __init__(self, emb_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.emb_dim = emb_dim
+        self.net = nn.Sequential(nn.Linear(emb_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return self.net(guidance_embedding(w, self.emb_dim))
+
+
+class _Conditioning(nn.Module):
+    """What a network adds to its time embedding: a label embedding (`num_classes` + 1 rows, the
+    last for the null label) and, if `w_conditioned`, the guidance MLP."""
+
+    def __init__(self, num_classes: int, w_conditioned: bool, emb_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.label = nn.Embedding(num_classes + 1, out_dim)
+        self.guidance = _GuidanceMLP(emb_dim, out_dim) if w_conditioned else None
+
+    def forward(self, emb: Tensor, z: Tensor, c: Tensor | None, w: Tensor | float | None) -> Tensor:
+        emb = emb + self.label(_label_index(z, c, self.num_classes))
+        if self.guidance is not None:
+            if w is None:
+                raise ValueError("w is required: this network is w-conditioned (model(z, t, c, w))")
+            emb = emb + self.guidance(_check_w(z, w))
+        elif w is not None:
+            raise ValueError("w given, but this network is not w-conditioned (w_conditioned=False)")
+        return emb
+
+
+def _label_index(z: Tensor, c: Tensor | None, num_classes: int) -> Tensor:
+    """Embedding rows of the labels c (B,): c itself, and num_classes for the null label -1 (or an
+    omitted c). Labels on the CPU are range-checked; on a GPU a bad label fails in the embedding."""
+    if c is None:
+        return torch.full((z.shape[0],), num_classes, dtype=torch.long, device=z.device)
+    if not isinstance(c, Tensor) or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
+        raise ValueError(
+            f"c must be an integer tensor of labels, got {getattr(c, 'dtype', type(c).__name__)}"
+        )
+    if c.shape != (z.shape[0],):
+        raise ValueError(f"c must have shape ({z.shape[0]},) (the batch of z), got {tuple(c.shape)}")
+    if c.device.type == "cpu" and bool(((c < NULL_LABEL) | (c >= num_classes)).any()):
+        raise ValueError(f"c must hold labels in [0, {num_classes}) or -1 (null), got {c.tolist()}")
+    return torch.where(c == NULL_LABEL, num_classes, c).to(device=z.device, dtype=torch.long)
+
+
+def _check_w(z: Tensor, w: Tensor | float) -> Tensor:
+    if not isinstance(w, Tensor):
+        w = torch.as_tensor(w, dtype=torch.float32, device=z.device)
+    if w.ndim == 0:
+        w = w.expand(z.shape[0])
+    if w.shape != (z.shape[0],):
+        raise ValueError(
+            f"w must be a float or of shape ({z.shape[0]},) (the batch of z), got {tuple(w.shape)}"
+        )
+    return w
+
+
+def _conditioning_options(num_classes: int | None, w_conditioned: bool) -> dict:
+    """The config entries of the conditioning options (none for an unconditional network)."""
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be None or a positive integer, got {num_classes!r}")
+    if w_conditioned and num_classes is None:
+        raise ValueError("w_conditioned needs num_classes: the guided student is a conditional network")
+    options = {} if num_classes is None else {"num_classes": num_classes}
+    return options | ({"w_conditioned": True} if w_conditioned else {})
+
+
 class _MLPBlock(nn.Module):
     def __init__(self, hidden: int, emb: int) -> None:
         super().__init__()
@@ -80,7 +180,8 @@ class ResidualMLP(nn.Module):
     small images (8x8 digits train ~20x faster on a CPU than with the UNet).
 
     in-projection, `depth` pre-norm residual blocks (the time embedding added inside each),
-    out-projection (zero-initialised), reshaped back.
+    out-projection (zero-initialised), reshaped back. Conditioning (`num_classes`, `w_conditioned`)
+    as in the module docstring: `model(z, t, c=None, w=None)`.
     """
 
     def __init__(
@@ -92,8 +193,11 @@ class ResidualMLP(nn.Module):
         param: str = "v",
         out_channels: int | None = None,
         seed: int = 0,
+        num_classes: int | None = None,
+        w_conditioned: bool = False,
     ) -> None:
         super().__init__()
+        options = _conditioning_options(num_classes, w_conditioned)
         shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
         if len(shape) < 1 or any(s < 1 for s in shape):
             raise ValueError(f"shape must be a positive int or tuple of positive ints, got {shape!r}")
@@ -104,8 +208,9 @@ class ResidualMLP(nn.Module):
         dim = math.prod(shape)
         self.shape = shape
         self.out_shape = (out,) + shape[1:]
-        self.config = dict(
-            kind="mlp", shape=list(shape), hidden=hidden, depth=depth, emb_dim=emb_dim, out_channels=out
+        self.config = (
+            dict(kind="mlp", shape=list(shape), hidden=hidden, depth=depth, emb_dim=emb_dim, out_channels=out)
+            | options
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -114,15 +219,20 @@ class ResidualMLP(nn.Module):
             self.blocks = nn.ModuleList(_MLPBlock(hidden, hidden) for _ in range(depth))
             self.norm = nn.LayerNorm(hidden)
             self.out = nn.Linear(hidden, math.prod(self.out_shape))
+            self.cond = (
+                None if num_classes is None else _Conditioning(num_classes, w_conditioned, emb_dim, hidden)
+            )
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+    def forward(
+        self, z: Tensor, t: Tensor, c: Tensor | None = None, w: Tensor | float | None = None
+    ) -> Tensor:
         if tuple(z.shape[1:]) != self.shape:
             raise ValueError(
                 f"z must have shape (B, {', '.join(map(str, self.shape))}), got {tuple(z.shape)}"
             )
-        emb = self.time(_check_t(z, t))
+        emb = _embed(self, z, t, c, w)
         h = self.inp(z.reshape(z.shape[0], -1))
         for block in self.blocks:
             h = block(h, emb)
@@ -160,7 +270,8 @@ class UNet(nn.Module):
     Level 1 (H x W, `ch` channels): `blocks` residual blocks; stride-2 conv down; level 2
     (ceil(H/2) x ceil(W/2), `2*ch`): `blocks` residual blocks; upsample, concatenate the level-1
     skip, `blocks` residual blocks; GroupNorm -> SiLU -> conv out (zero-initialised).
-    Any H, W >= 2 work (the upsampled map is resized to the skip's size).
+    Any H, W >= 2 work (the upsampled map is resized to the skip's size). Conditioning
+    (`num_classes`, `w_conditioned`) as in the module docstring: `model(z, t, c=None, w=None)`.
     """
 
     def __init__(
@@ -172,14 +283,18 @@ class UNet(nn.Module):
         param: str = "v",
         out_channels: int | None = None,
         seed: int = 0,
+        num_classes: int | None = None,
+        w_conditioned: bool = False,
     ) -> None:
         super().__init__()
+        options = _conditioning_options(num_classes, w_conditioned)
         for name, value in (("channels", channels), ("ch", ch), ("blocks", blocks), ("emb_dim", emb_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         out = output_channels(channels, param) if out_channels is None else int(out_channels)
-        self.config = dict(
-            kind="unet", channels=channels, ch=ch, blocks=blocks, emb_dim=emb_dim, out_channels=out
+        self.config = (
+            dict(kind="unet", channels=channels, ch=ch, blocks=blocks, emb_dim=emb_dim, out_channels=out)
+            | options
         )
         emb = 4 * ch
         with torch.random.fork_rng(devices=[]):
@@ -193,13 +308,18 @@ class UNet(nn.Module):
             self.up1 = nn.ModuleList(_ResBlock(2 * ch if i == 0 else ch, ch, emb) for i in range(blocks))
             self.norm = nn.GroupNorm(_groups(ch), ch)
             self.out = nn.Conv2d(ch, out, 3, padding=1)
+            self.cond = (
+                None if num_classes is None else _Conditioning(num_classes, w_conditioned, emb_dim, emb)
+            )
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+    def forward(
+        self, z: Tensor, t: Tensor, c: Tensor | None = None, w: Tensor | float | None = None
+    ) -> Tensor:
         if z.ndim != 4 or z.shape[1] != self.config["channels"]:
             raise ValueError(f"z must have shape (B, {self.config['channels']}, H, W), got {tuple(z.shape)}")
-        emb = self.time(_check_t(z, t))
+        emb = _embed(self, z, t, c, w)
         h = self.inp(z)
         for block in self.down1:
             h = block(h, emb)
@@ -212,6 +332,18 @@ class UNet(nn.Module):
         for block in self.up1:
             h = block(h, emb)
         return self.out(F.silu(self.norm(h)))
+
+
+def _embed(
+    net: ResidualMLP | UNet, z: Tensor, t: Tensor, c: Tensor | None, w: Tensor | float | None
+) -> Tensor:
+    """The time embedding, plus the label and guidance embeddings of a conditional network."""
+    emb = net.time(_check_t(z, t))
+    if net.cond is not None:
+        return net.cond(emb, z, c, w)
+    if c is not None or w is not None:
+        raise ValueError("c (or w) given, but this network is unconditional (num_classes=None)")
+    return emb
 
 
 MODELS = ("mlp", "unet")
@@ -244,3 +376,23 @@ def model_from_config(config: dict, seed: int = 0) -> nn.Module:
     if kind == "unet":
         return UNet(seed=seed, **cfg)
     raise ValueError(f"config['kind'] must be 'mlp' or 'unet', got {kind!r}")
+
+
+def w_conditioned_from(teacher: nn.Module, seed: int = 0) -> nn.Module:
+    """The guided student of [GD] stage 1 (docs/spec.md section 8): a w-conditioned copy of the
+    conditional built-in network `teacher`, with the teacher's weights (on its device and dtype) and
+    a new guidance MLP whose output layer is zero, so that `student(z, t, c, w) == teacher(z, t, c)`
+    exactly for every w until it is trained. `seed` initialises the guidance MLP's first layer."""
+    config = getattr(teacher, "config", {})
+    if "num_classes" not in config:
+        raise ValueError("teacher must be a conditional built-in network (its config has num_classes)")
+    if config.get("w_conditioned"):
+        raise ValueError("teacher is w-conditioned already")
+    student = model_from_config({**config, "w_conditioned": True}, seed=seed)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("cond.guidance.") for key in missing):
+        raise ValueError(
+            f"teacher's weights do not fit its config: missing {missing}, unexpected {unexpected}"
+        )
+    parameter = next(teacher.parameters())
+    return student.to(device=parameter.device, dtype=parameter.dtype)

@@ -1,6 +1,7 @@
 """Triton kernels of pd_fast and their thin launchers.
 
-- `sampler_step`: one fused pass from (z_t, network output) to z_s (docs/spec.md sections 2-3).
+- `sampler_step`: one fused pass from (z_t, network output) to z_s (docs/spec.md sections 2-3); for a
+  classifier-free guided step it also reads the unconditional output (docs/spec.md section 8).
 - `distill_loss_fwd_bwd`: per-example distillation loss and its gradient with respect to the
   student output in one pass (docs/spec.md sections 4-5).
 
@@ -9,7 +10,7 @@ Triton only: imports neither `pd_fast`'s other modules nor `pd_ref`. Under `TRIT
 
 Block sizes are fixed by the launchers (no autotuning). On the GPU, contiguous accesses compile to
 128-bit loads and stores when the tensors are 16-byte aligned (fresh allocations are) and, for the
-loss kernel and the 'both' output of the sampler, when the elements per example M are a multiple of
+loss kernel and the 'both' outputs of the sampler, when the elements per example M are a multiple of
 16 (the JIT's divisibility specialisation); otherwise results are the same, with narrower accesses.
 tests/kernels/test_compile.py checks this on the generated PTX/SASS for sm_80 and sm_90.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,15 @@ import pytest
 import torch
 
 from pd_fast.app.data import eight_gaussians, load_data, moons, validate_array
-from pd_fast.app.models import ResidualMLP, UNet, build_model, model_from_config, timestep_embedding
+from pd_fast.app.models import (
+    ResidualMLP,
+    UNet,
+    build_model,
+    guidance_embedding,
+    model_from_config,
+    timestep_embedding,
+    w_conditioned_from,
+)
 
 # ----- models ----------------------------------------------------------------------------------
 
@@ -110,6 +119,125 @@ def test_model_rebuilds_from_its_config():
         twin.load_state_dict(model.state_dict())
         z, t = torch.randn(2, 1, 8, 8), torch.rand(2)
         assert torch.equal(model(z, t), twin(z, t))
+
+
+# ----- conditional networks (docs/spec.md section 8) ---------------------------------------------
+
+CONDITIONAL = {
+    "mlp": (lambda **kw: ResidualMLP((1, 6, 6), hidden=16, depth=2, **kw), (5, 1, 6, 6)),
+    "unet": (lambda **kw: UNet(1, ch=8, **kw), (5, 1, 6, 6)),
+}
+
+
+def _trained(model: torch.nn.Module, shape, steps: int = 3, seed: int = 0) -> torch.nn.Module:
+    """A few SGD steps on random targets, so that no layer is at its zero initialisation."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        z, t = torch.randn(shape, generator=gen), torch.rand(shape[0], generator=gen)
+        c = torch.randint(-1, model.config.get("num_classes", 1), (shape[0],), generator=gen)
+        kwargs = {"w": 4 * torch.rand(shape[0], generator=gen)} if model.config.get("w_conditioned") else {}
+        out = model(z, t, c, **kwargs) if "num_classes" in model.config else model(z, t)
+        (out - torch.randn(out.shape, generator=gen)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+@pytest.mark.parametrize("kind", CONDITIONAL)
+def test_conditioning_adds_modules_without_changing_the_others(kind):
+    """The label (and guidance) modules are created after all others: for one seed, every weight the
+    unconditional network has is the same in the conditional ones, and its config has no new keys."""
+    make, _ = CONDITIONAL[kind]
+    plain = make(seed=3).state_dict()
+    for options in ({"num_classes": 10}, {"num_classes": 10, "w_conditioned": True}):
+        conditional = make(seed=3, **options)
+        state = conditional.state_dict()
+        assert set(state) - set(plain) and all(k.startswith("cond.") for k in set(state) - set(plain))
+        assert all(torch.equal(plain[k], state[k]) for k in plain)
+        assert conditional.config == make(seed=3).config | options
+    assert "num_classes" not in make().config and "w_conditioned" not in make().config
+
+
+@pytest.mark.parametrize("kind", CONDITIONAL)
+def test_labels_change_the_output_and_the_null_label_is_an_omitted_label(kind):
+    make, shape = CONDITIONAL[kind]
+    model = _trained(make(num_classes=10), shape)
+    z, t = torch.randn(shape), torch.rand(shape[0])
+    a, b = model(z, t, torch.tensor([0, 1, 2, 3, 9])), model(z, t, torch.tensor([1, 1, 2, 3, 9]))
+    assert not torch.equal(a[0], b[0]) and torch.equal(a[1:], b[1:])  # the label acts per example
+    null = torch.full((shape[0],), -1)
+    assert torch.equal(model(z, t, null), model(z, t))
+    assert not torch.equal(model(z, t, null), a)
+
+
+@pytest.mark.parametrize("kind", CONDITIONAL)
+def test_w_student_built_from_a_teacher_is_the_teachers_conditional_model_for_every_w(kind):
+    """[GD] stage 1 starts from the teacher: the guidance embedding's output layer is zero, so the
+    student's output equals the teacher's conditional output exactly for any w; once that layer
+    is not zero, w changes the output."""
+    make, shape = CONDITIONAL[kind]
+    teacher = _trained(make(num_classes=10), shape)
+    student = w_conditioned_from(teacher, seed=5)
+    assert student.config == teacher.config | {"w_conditioned": True}
+    z, t, c = torch.randn(shape), torch.rand(shape[0]), torch.tensor([0, 3, -1, 9, 4])
+    want = teacher(z, t, c)
+    for w in (0.0, 1.0, 4.0, 7.3, torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0])):
+        assert torch.equal(student(z, t, c, w), want)
+    trained = _trained(student, shape)
+    assert not torch.equal(trained(z, t, c, 0.0), trained(z, t, c, 4.0))
+
+
+@pytest.mark.parametrize("kind", CONDITIONAL)
+def test_conditional_config_round_trips_through_model_from_config(kind):
+    make, shape = CONDITIONAL[kind]
+    for model in (
+        _trained(make(num_classes=7), shape),
+        _trained(make(num_classes=10, w_conditioned=True), shape),
+    ):
+        twin = model_from_config(json.loads(json.dumps(model.config)), seed=99)
+        twin.load_state_dict(model.state_dict())
+        z, t, c = torch.randn(shape), torch.rand(shape[0]), torch.tensor([0, 1, 2, -1, 3])
+        kwargs = {"w": torch.rand(shape[0])} if model.config.get("w_conditioned") else {}
+        assert torch.equal(model(z, t, c, **kwargs), twin(z, t, c, **kwargs))
+
+
+def test_guidance_embedding_is_cos_and_sin_of_w_at_geometric_frequencies():
+    w = torch.tensor([0.0, 1.0, 4.0])
+    emb = guidance_embedding(w, 6, min_freq=0.5, max_freq=8.0)
+    freqs = [0.5, 2.0, 8.0]
+    expected = [[math.cos(x * f) for f in freqs] + [math.sin(x * f) for f in freqs] for x in w.tolist()]
+    torch.testing.assert_close(emb, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_conditional_models_reject_bad_labels_and_weights():
+    mlp = ResidualMLP(4, hidden=8, num_classes=3)
+    z, t = torch.randn(2, 4), torch.rand(2)
+    with pytest.raises(ValueError, match="c must hold labels"):
+        mlp(z, t, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="c must hold labels"):
+        mlp(z, t, torch.tensor([0, -2]))
+    with pytest.raises(ValueError, match="c must be an integer tensor"):
+        mlp(z, t, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="c must have shape"):
+        mlp(z, t, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="w given"):
+        mlp(z, t, torch.tensor([0, 1]), 1.0)
+    with pytest.raises(ValueError, match="unconditional"):
+        ResidualMLP(4, hidden=8)(z, t, torch.tensor([0, 1]))
+    student = ResidualMLP(4, hidden=8, num_classes=3, w_conditioned=True)
+    with pytest.raises(ValueError, match="w is required"):
+        student(z, t, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="w must be a float or of shape"):
+        student(z, t, torch.tensor([0, 1]), torch.ones(3))
+    with pytest.raises(ValueError, match="num_classes"):
+        UNet(1, ch=8, num_classes=0)
+    with pytest.raises(ValueError, match="w_conditioned needs num_classes"):
+        UNet(1, ch=8, w_conditioned=True)
+    with pytest.raises(ValueError, match="conditional built-in network"):
+        w_conditioned_from(ResidualMLP(4, hidden=8))
+    with pytest.raises(ValueError, match="w-conditioned already"):
+        w_conditioned_from(student)
 
 
 # ----- data ------------------------------------------------------------------------------------

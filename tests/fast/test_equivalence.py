@@ -404,7 +404,7 @@ def test_teacher_target_matches_ref(backend, param, shape, it, dtype, schedule, 
     final = np.broadcast_to(np.isclose(np.asarray(t) * n, 1.0), (shape[0],))
     np.testing.assert_array_equal(to_np(alpha_tpp)[final], 1.0)
     np.testing.assert_array_equal(to_np(sigma_tpp)[final], 0.0)
-    scale = teacher_target_scale(param, teacher_ref, to_np(z), t, n, ref_schedule(schedule))
+    scale = teacher_target_scale(param, teacher_ref, to_np(z), t, n, ref_schedule(schedule), dtype=dtype)
     assert_close(fast, ref, dtype, scale, f"teacher_target N={n}")
 
 
@@ -433,7 +433,7 @@ def test_teacher_two_step_snaps_float32_times_to_the_grid(backend):
     param=params,
     shape=shapes(min_ndim=2, max_side=4),
     steps=st.one_of(st.sampled_from([1, 2, 3, 8]), st.integers(1, 24)),
-    sampler=st.sampled_from(["ddim", "ancestral"]),
+    sampler=st.sampled_from(["ddim", "ancestral", "stochastic"]),
     eta=etas,
     variance=st.sampled_from(["fixed_small", "fixed_large"]),
     clip=st.booleans(),
@@ -454,7 +454,7 @@ def test_sample_matches_ref(
         clip=clip, sampler=sampler, eta=eta, variance=variance, seed=seed,
     )  # fmt: skip
     model_ref, schedule_ref = gaussian_model_ref(param, dtype), ref_schedule(schedule)
-    noisy = sampler == "ancestral" or eta > 0
+    noisy = sampler != "ddim" or eta > 0
     generator = torch.Generator().manual_seed(seed)
     noises = [
         to_np(torch.randn(shape, generator=generator, dtype=DTYPES[dtype])) if noisy else None
@@ -524,9 +524,11 @@ def test_schedules_serialize_in_the_checkpoint_format_and_load_it_back():
 
 KEYWORD_ONLY = {
     "predict_x_eps": ["clip"],
-    "ddim_step": ["clip", "eta", "noise"],
-    "ancestral_step": ["clip", "variance", "noise"],
-    "sample": ["clip", "sampler", "eta", "variance", "seed"],
+    "guided_x_eps": ["clip", "w"],
+    "ddim_step": ["clip", "eta", "noise", "out_uncond", "w"],
+    "ancestral_step": ["clip", "variance", "noise", "out_uncond", "w"],
+    "sample": ["clip", "sampler", "eta", "variance", "seed", "labels", "w"],
+    "teacher_target": ["labels", "w"],
     "distill_loss": ["weighting"],
 }
 

@@ -34,11 +34,12 @@ class Variant(NamedTuple):
     param: str
     dtype: str  # of the tensors; the (B,) coefficients are fp32
     arch: int
-    clip: bool = False  # clip, noise, x_hat: sampler only
+    clip: bool = False  # clip, noise, x_hat, guided: sampler only
     noise: bool = False
     x_hat: bool = False
     int_type: str = "i32"  # of the sizes; the JIT passes i64 once they reach 2^31
     sass: bool = False  # also disassemble the cubin with cuobjdump
+    guided: bool = False  # classifier-free guidance: the unconditional output read in the same pass
 
 
 def _variants() -> list[Variant]:
@@ -51,7 +52,10 @@ def _variants() -> list[Variant]:
             Variant("sampler", "x", "bf16", arch, noise=True),
         ]
         out += [Variant("loss", p, dt, arch) for p in PARAMS for dt in BYTES]
+        out += [Variant("sampler", p, dt, arch, guided=True) for p in PARAMS for dt in BYTES]
+        out += [Variant("sampler", p, "bf16", arch, True, True, False, guided=True) for p in ("v", "both")]
     out += [
+        Variant("sampler", "both", "fp16", 90, True, True, True, sass=True, guided=True),
         Variant("sampler", "both", "fp32", 90, True, True, True, sass=True),
         Variant("loss", "both", "fp32", 80, sass=True),
         Variant("sampler", "both", "fp32", 90, int_type="i64"),
@@ -64,7 +68,7 @@ VARIANTS = _variants()
 
 
 def variant_id(v: Variant) -> str:
-    flags = [name for name in ("clip", "noise", "x_hat", "sass") if getattr(v, name)]
+    flags = [name for name in ("clip", "noise", "x_hat", "guided", "sass") if getattr(v, name)]
     flags += ["i64"] if v.int_type == "i64" else []
     return "-".join([v.kernel, v.param, v.dtype, *flags, f"sm{v.arch}"])
 
@@ -82,9 +86,15 @@ def _compile(v: Variant) -> dict:
     distill_loss = importlib.import_module("pd_fast.kernels.loss")
 
     if v.kernel == "sampler":
-        mod, fn, n_tensor = sampler_step, sampler_step.sampler_step_kernel, 5
+        mod, fn, n_tensor = sampler_step, sampler_step.sampler_step_kernel, 6
         ints = ("n_elements", "M")
-        constexprs = {"PARAM": v.param, "CLIP": v.clip, "HAS_NOISE": v.noise, "WRITE_X_HAT": v.x_hat}
+        constexprs = {
+            "PARAM": v.param,
+            "CLIP": v.clip,
+            "HAS_NOISE": v.noise,
+            "WRITE_X_HAT": v.x_hat,
+            "GUIDED": v.guided,
+        }
     else:
         mod, fn, n_tensor = distill_loss, distill_loss.distill_loss_kernel, 4
         ints = ("M", "n_chunks")
@@ -139,11 +149,12 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def expected_v4(v: Variant, per_thread: int) -> tuple[int, int]:
-    """128-bit loads and stores one thread issues per block: one per 16 bytes of each tensor."""
+    """128-bit loads and stores one thread issues per block: one per 16 bytes of each tensor (z, the
+    output(s) (two halves each for 'both'), noise)."""
     vectors = per_thread * BYTES[v.dtype] // 16
     both = v.param == "both"
     if v.kernel == "sampler":
-        return (2 + both + v.noise) * vectors, (1 + v.x_hat) * vectors
+        return (2 + both + v.noise + v.guided * (1 + both)) * vectors, (1 + v.x_hat) * vectors
     return (3 + both) * vectors, (1 + both) * vectors
 
 

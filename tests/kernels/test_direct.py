@@ -17,7 +17,7 @@ import torch
 from pd_fast import _checks
 from pd_fast.kernels import _launch, distill_loss_fwd_bwd, sampler_step
 from pd_ref.distillation import distill_loss, two_step_target
-from pd_ref.parameterizations import predict_x_eps
+from pd_ref.parameterizations import guided_x_eps, predict_x_eps
 from pd_ref.sampling import ancestral_step, ddim_step
 from tests.strategies import PARAMS
 
@@ -120,6 +120,31 @@ def test_sampler_step_tiny_sizes(shape: tuple[int, ...]) -> None:
     x_ref, eps_ref = predict_x_eps(f64(z), f64(out), alpha, sigma, "v")
     nd = z.ndim
     close(z_s, col(k[0], nd) * f64(z) + col(k[1], nd) * x_ref + col(k[2], nd) * eps_ref)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("param", PARAMS)
+def test_guided_sampler_step_equals_ref_guided_ddim_step(param: str, clip: bool) -> None:
+    """One pass reads out and out_uncond and combines them with the per-example w before the clip
+    (docs/spec.md section 8); examples straddle blocks, one w is 0, out_uncond is non-contiguous."""
+    rng = np.random.default_rng(7)
+    shape = (3, 1, 4099) if param == "both" else (3, 4099)
+    z, out, alpha_t, sigma_t = draw(rng, shape, param)
+    out_u = torch.tensor(rng.standard_normal(out.shape), dtype=out.dtype, device=DEVICE).mT.contiguous().mT
+    alpha_s = np.minimum(alpha_t + rng.uniform(0.0, 0.3, 3), 0.999)
+    sigma_s = np.sqrt(1.0 - alpha_s**2)
+    w, zero = np.array([0.0, 1.5, 4.0]), np.zeros(3)
+    z_s, x_hat = sampler_step(
+        z, out, vec(alpha_t), vec(sigma_t), vec(zero), vec(alpha_s), vec(sigma_s), vec(zero), param, clip,
+        write_x_hat=True, out_uncond=out_u, w=vec(w),
+    )  # fmt: skip
+    args = (f64(z), f64(out), alpha_t, sigma_t)
+    want = ddim_step(*args, alpha_s, sigma_s, param, clip=clip, out_uncond=f64(out_u), w=w)
+    close(z_s, want)
+    close(x_hat, guided_x_eps(f64(z), f64(out), f64(out_u), alpha_t, sigma_t, param, clip=clip, w=w)[0])
+    with pytest.raises(ValueError, match="out_uncond and w go together"):
+        sampler_step(z, out, *[vec(c) for c in (alpha_t, sigma_t, zero, alpha_s, sigma_s, zero)], param, clip,
+                     out_uncond=out_u)  # fmt: skip
 
 
 def loss_inputs(rng: np.random.Generator, shape, param: str, dtype=torch.float32):
