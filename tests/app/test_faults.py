@@ -173,8 +173,8 @@ def test_two_concurrent_runs_into_one_folder_do_not_mix(tmp_path: Path) -> None:
     first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not ((out / "run.lock").is_file() and (out / "run.lock").read_text().strip()):
-            assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
+        while not (out / "config.json").is_file():  # the first run has started writing
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never started"
             time.sleep(0.02)
         os.kill(first.pid, signal.SIGSTOP)  # holds the lock, mid-run, for as long as the second takes
         try:
