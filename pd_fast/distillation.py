@@ -31,7 +31,7 @@ from ._checks import (
 )
 from ._engine import Model, apply, on_cpu, prepare, step_outs
 from .parameterizations import x_eps_from_out
-from .sampling import ddim_coefs, guide_for
+from .sampling import ddim_coefs, guide_for, schedule_arg
 
 
 def _target_coefs(
@@ -108,6 +108,7 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.
     """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time."""
     steps = steps_count(steps)
     param = param_name(param)
+    schedule = schedule_arg(schedule)
     z_t = tensor("z_t", z_t)
     guide = guide_for(labels, w, z_t)
     batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
@@ -238,6 +239,8 @@ def _loss_inputs(out, z_t, target_name, target, alpha_t, sigma_t, param, weighti
     _target_like(target_name, target, z_t)
     out_matches(out, z_t, param)
     same_shape(target_name, target, "z_t", z_t)
+    if z_t.shape[0] == 0:
+        raise ValueError("z_t must hold a batch of at least one example (the loss of none is undefined)")
     b, device = z_t.shape[0], z_t.device
     alpha_t = coef("alpha_t", alpha_t, b, device)
     sigma_t = coef("sigma_t", sigma_t, b, device)

@@ -15,6 +15,7 @@ plain torch would).
 from __future__ import annotations
 
 import math
+import operator
 from functools import partial
 from typing import Any
 
@@ -149,6 +150,24 @@ def _eta(eta: Any) -> float:
     return value
 
 
+def schedule_arg(schedule: Any) -> Any:
+    """`schedule` itself, which must have `alpha_sigma(t)` (e.g. a `CosineSchedule`)."""
+    if not callable(getattr(schedule, "alpha_sigma", None)):
+        raise ValueError(
+            f"schedule must be a schedule with alpha_sigma(t), e.g. pd_fast.CosineSchedule(), "
+            f"got {schedule!r}"
+        )
+    return schedule
+
+
+def _seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or not 0 <= operator.index(seed) < 2**64:
+        raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+    return operator.index(seed)
+
+
 def _variance(variance: str) -> str:
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
@@ -261,6 +280,8 @@ def sample(
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     eta = _eta(eta)
     variance = _variance(variance)
+    schedule = schedule_arg(schedule)
+    seed = _seed(seed)
     z = tensor("z", z)
     if cuda_graph and not z.is_cuda:
         raise ValueError(f"cuda_graph=True needs z on a CUDA device, got {z.device}")

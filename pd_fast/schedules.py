@@ -20,6 +20,7 @@ import torch
 from ._checks import batch_times, like, per_example, same_shape, tensor, times
 
 DISCRETE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
+LOG_FLOAT64_MAX = math.log(torch.finfo(torch.float64).max)  # ~709.78: exp() of more overflows
 
 
 class CosineSchedule:
@@ -35,6 +36,11 @@ class CosineSchedule:
             raise ValueError("logsnr_min and logsnr_max must be finite")
         if not logsnr_min < logsnr_max:
             raise ValueError(f"logsnr_min ({logsnr_min}) must be < logsnr_max ({logsnr_max})")
+        if -0.5 * logsnr_min > LOG_FLOAT64_MAX:
+            raise ValueError(
+                f"logsnr_min must be >= {-2 * LOG_FLOAT64_MAX:.6g} (exp(-logsnr_min / 2) overflows float64), "
+                f"got {logsnr_min}"
+            )
         self.logsnr_min = float(logsnr_min)
         self.logsnr_max = float(logsnr_max)
         self.b = math.atan(math.exp(-0.5 * self.logsnr_max))

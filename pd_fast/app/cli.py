@@ -12,20 +12,37 @@ Teacher training -> progressive distillation ([PD] Algorithm 2) -> evaluation, o
 A killed run continues with the same command plus `--resume` (or `--resume --out DIR`; `--resume`
 alone picks the newest run under `runs/`): the run's saved settings are reused and training
 continues from its last checkpoint.
+
+Every flag, the data, the teacher file, the device and the output folder are checked (`validate`)
+before anything is written; a bad one is a one-line error and exit code 2 (`--debug` adds the
+traceback). The run then holds an exclusive lock on `DIR/run.lock` (fcntl; its PID inside) until
+it ends, however it ends: a second run into the same folder fails at once, naming the holder.
+
+Under `torchrun` (RANK, WORLD_SIZE and LOCAL_RANK set) the job initialises the process group
+itself (gloo on CPU; NCCL on CUDA, rank r on `cuda:LOCAL_RANK`) and trains with
+DistributedDataParallel, each rank on its shard of the data; rank 0 alone holds the lock, writes,
+evaluates and reports (the report records the world size and every rank's final weights'
+fingerprints).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import json
+import math
 import os
 import sys
 import time
+import traceback
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 # Tuned on the digits with this machine's 2 CPU cores: a teacher of 6000
 # iterations, distilled from 128 steps (its DDIM quality there equals 256 steps) to 1 in 7 rounds.
@@ -55,6 +72,8 @@ QUICK: dict[str, Any] = dict(
 )
 # Settings that define a run (saved in config.json, reused by --resume).
 RUN_KEYS = tuple(DEFAULTS) + ("teacher", "quick")
+SEED_MAX = 2**32 - 1  # scikit-learn's data sets take seeds below 2^32
+LOCK_FILE = "run.lock"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a killed run in --out (or the newest under runs/) from its last checkpoint",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -136,17 +156,19 @@ def _latest_run() -> str | None:
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The run's settings (defaults, then --quick, then flags; with --resume, the saved ones) and
     its output folder."""
-    given = {k: v for k, v in vars(args).items() if k in RUN_KEYS and v not in (None, False)}
+    given = {k: v for k, v in vars(args).items() if k in RUN_KEYS and v is not None and v is not False}
     out = args.out
     if args.resume:
         out = out or _latest_run()
         if out is None:
             raise ValueError("--resume: no --out given and no run under runs/ to resume")
+        _check_free(out)
         cfg_path = os.path.join(out, "config.json")
         if not os.path.isfile(cfg_path):
             raise ValueError(f"--resume: {out} holds no config.json (not a pd_fast run)")
-        with open(cfg_path) as f:
-            saved = json.load(f)
+        saved = _read_config(cfg_path)
+        if saved is None:
+            raise ValueError(f"--resume: {cfg_path} is not the config.json of a pd_fast run")
         for k, v in given.items():
             if k in saved and saved[k] != v:
                 raise ValueError(f"--resume: the run in {out} has {k}={saved[k]!r}, this command has {v!r}")
@@ -158,12 +180,36 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     settings.setdefault("teacher", None)
     settings["quick"] = bool(args.quick)
     if out is None:
-        out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        out = _default_out()
+    _check_free(out)
     if glob.glob(os.path.join(out, "checkpoints", "*_state.json")):
         raise ValueError(
             f"--out {out} already holds a run: add --resume to continue it, or choose another --out"
         )
     return settings, out
+
+
+def _default_out() -> str:
+    """`runs/<date>-<time>-<pid>[-<k>]`: unique among runs started in the same second on one
+    machine (the PID), also by one process (k = 2, 3, ... while the folder exists)."""
+    base = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    out, k = base, 2
+    while os.path.exists(out):
+        out, k = f"{base}-{k}", k + 1
+    return out
+
+
+def _read_config(path: str) -> dict[str, Any] | None:
+    """The settings in a run's config.json; None if it is not a pd_fast run's (ValueError naming
+    the file if it is not JSON)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(saved, dict) or not set(RUN_KEYS) <= set(saved):
+        return None
+    return saved
 
 
 def _check_settings(s: dict[str, Any]) -> None:
@@ -179,8 +225,25 @@ def _check_settings(s: dict[str, Any]) -> None:
         "ch",
         "eval_max_steps",
     ):
-        if not isinstance(s[key], int) or s[key] < 1:
+        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {s[key]!r}")
+    ckpt_every = s["ckpt_every"]
+    if isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0:
+        raise ValueError(f"--ckpt-every must be an integer >= 0 (0: at stage ends only), got {ckpt_every!r}")
+    for key in ("lr", "teacher_lr", "last_rounds_factor"):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive finite number, got {v!r}")
+    seed = s["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"--seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
+    for key, choices in (("model", ("mlp", "unet")), ("param", ("eps", "x", "v", "both"))):
+        if s[key] not in choices:
+            raise ValueError(f"--{key} must be one of {choices}, got {s[key]!r}")
+    if not isinstance(s["data"], str) or not s["data"]:
+        raise ValueError(f"--data must be a data set name or a path, got {s['data']!r}")
+    if s["teacher"] is not None and not isinstance(s["teacher"], str):
+        raise ValueError(f"--teacher must be a path, got {s['teacher']!r}")
     ratio = s["start_steps"] // s["end_steps"]
     if s["start_steps"] % s["end_steps"] or ratio < 2 or ratio & (ratio - 1):
         raise ValueError(
@@ -189,15 +252,28 @@ def _check_settings(s: dict[str, Any]) -> None:
         )
 
 
-def _device(name: str | None) -> torch.device:
+def _device(name: str | None, local_rank: int | None = None) -> torch.device:
+    """The training device; under torchrun (`local_rank` given) a CUDA device is `cuda:<local_rank>`."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device: {err}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(name)
+        except RuntimeError as err:
+            raise ValueError(f"--device: {err}") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:INDEX], got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is available")
+        if local_rank is not None:
+            if dev.index is not None:
+                raise ValueError(
+                    f"--device {name}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda"
+                )
+            dev = torch.device("cuda", local_rank)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {dev}: there are {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -217,8 +293,222 @@ def _load_teacher(
     return model, info
 
 
-def run(settings: dict[str, Any], out: str, device: torch.device, resume: bool, progress: bool) -> dict:
-    """The main job; returns the report (also written to `out/report.json`)."""
+def _check_teacher(path: str, info: dict[str, Any], settings: dict[str, Any]) -> None:
+    """A student checkpoint (its JSON gives its steps N) is a teacher only from N steps on."""
+    steps = info.get("steps")
+    if steps is not None and steps != settings["start_steps"]:
+        raise ValueError(
+            f"--teacher {path} is a student of {steps} steps (its JSON says so), not a teacher: "
+            f"distilling it from --start-steps {settings['start_steps']} would use it at a step count it "
+            f"was not trained for; pass --start-steps {steps} to distill it further, or a teacher checkpoint"
+        )
+
+
+def _memory(device: torch.device) -> int:
+    """Bytes of memory of `device` (all of it, not what is free)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _check_memory(settings: dict[str, Any], shape: tuple[int, ...], device: torch.device) -> None:
+    """A batch must fit in memory: at least its x, noise, z_t and the network output in float32."""
+    per_example = 4 * 4 * math.prod(shape)
+    flags = [("--batch-size", settings["batch_size"])]
+    if not settings["teacher"]:
+        flags.append(("--teacher-batch-size", settings["teacher_batch_size"]))
+    for flag, batch in flags:
+        need, have = batch * per_example, _memory(device)
+        if need > have:
+            raise ValueError(
+                f"{flag} {batch}: one batch of examples of shape {shape} takes at least "
+                f"{need / 2**30:.4g} GiB, more than the {have / 2**30:.4g} GiB of memory of {device}"
+            )
+
+
+def _check_out(out: str, resume: bool) -> None:
+    """`out` can be created and written, holds no foreign config.json, and no run holds its lock."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write into {parent}")
+    config = path / "config.json"
+    if not resume and config.is_file() and _read_config(str(config)) is None:
+        raise ValueError(f"--out {out} holds a config.json that is not a pd_fast run's; choose another --out")
+
+
+def _check_resume(out: str, x: torch.Tensor, model: torch.nn.Module) -> None:
+    """Before a resume: the run's training states are intact, were trained on this data, and fit
+    this model (the network of config.json); the students of finished rounds are intact."""
+    from . import checkpoint as ckpt
+    from .training import data_fingerprint
+
+    ckpt_dir = Path(out) / "checkpoints"
+    fingerprint, shapes = None, {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for stage, prefix in (("teacher", "model/"), ("distill", "student/")):
+        state = ckpt.load_training_state(ckpt_dir, stage, repair=False)
+        if state is None:
+            continue
+        info, tensors = state
+        config = info.get("config", {})
+        if list(config.get("data_shape", [])) != list(x.shape):
+            raise ValueError(
+                f"--resume: the {stage} state in {ckpt_dir} was trained on data of shape "
+                f"{tuple(config.get('data_shape', []))}, the data now has shape {tuple(x.shape)}"
+            )
+        if "data" in config:
+            fingerprint = fingerprint or data_fingerprint(x)
+            if config["data"] != fingerprint:
+                raise ValueError(
+                    f"--resume: the data differ from those the run in {out} trained on: same shape "
+                    f"{tuple(x.shape)}, different values (was the data file changed?)"
+                )
+        for key, value in tensors.items():
+            if key.startswith(prefix) and shapes.get(key[len(prefix) :]) != tuple(value.shape):
+                raise ValueError(
+                    f"--resume: the {stage} state in {ckpt_dir} does not fit the network of config.json "
+                    f"(tensor {key[len(prefix) :]!r}: {tuple(value.shape)} there, "
+                    f"{shapes.get(key[len(prefix) :])} now); was config.json edited?"
+                )
+        for stem in (info.get("completed") or {}).values():
+            ckpt.verify_model_checkpoint(ckpt_dir / stem)
+
+
+@dataclass
+class Job:
+    """A validated run: its settings and folder, and what the checks already loaded."""
+
+    settings: dict[str, Any]
+    out: str
+    device: torch.device
+    resume: bool
+    threads: int | None
+    data: Any  # pd_fast.app.data.Dataset
+    teacher: tuple[torch.nn.Module, dict[str, Any]] | None  # a --teacher checkpoint, loaded
+
+
+def validate(args: argparse.Namespace, device: torch.device) -> Job:
+    """Every check before the run writes anything: the flags (or the saved settings of a resume),
+    the output folder, the data (on resume: the run's own), the network, the teacher file, and
+    that a batch fits the device's memory. ValueError with a one-line message otherwise."""
+    from .data import load_data
+    from .models import build_model
+
+    settings, out = resolve_settings(args)
+    _check_settings(settings)
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    _check_out(out, args.resume)
+    data = load_data(settings["data"], seed=settings["seed"])
+    if len(data) < 4:
+        raise ValueError(f"--data needs at least 4 examples (evaluation splits it in two), got {len(data)}")
+    kwargs = (
+        dict(hidden=settings["hidden"], depth=settings["depth"])
+        if settings["model"] == "mlp"
+        else dict(ch=settings["ch"])
+    )
+    model = build_model(
+        settings["model"], data.shape, param=settings["param"], seed=settings["seed"], **kwargs
+    )
+    teacher = None
+    if settings["teacher"]:
+        path = settings["teacher"]
+        if not os.path.isfile(path):
+            raise ValueError(f"--teacher {path}: no such file")
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"--teacher {path}: expected a .safetensors checkpoint")
+        try:
+            teacher = _load_teacher(path, model.config, settings)
+        except ValueError as err:
+            raise ValueError(f"--teacher: {err}") from err
+        _check_teacher(path, teacher[1], settings)
+    _check_memory(settings, data.shape, device)
+    if args.resume:
+        _check_resume(out, data.x, teacher[0] if teacher is not None else model)
+    return Job(settings, out, device, args.resume, threads, data, teacher)
+
+
+def _check_free(out: str) -> None:
+    """ValueError naming the holder's PID if a run holds the lock of `out`."""
+    holder = _lock_holder(Path(out) / LOCK_FILE)
+    if holder is not None:
+        raise ValueError(
+            f"--out {out} is in use by another run (PID {holder}); wait for it or choose another --out"
+        )
+
+
+def _lock_holder(path: Path) -> str | None:
+    """The PID written in a lock file that another process holds, or None if it is free (or absent)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+    return None
+
+
+class RunLock:
+    """An exclusive `fcntl.flock` on `<out>/run.lock`, with this process's PID written inside; the
+    kernel releases it when the process ends, however it ends."""
+
+    def __init__(self, out: str) -> None:
+        self.path = Path(out) / LOCK_FILE
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise ValueError(
+                f"--out {out} is in use by another run (PID {holder}); wait for it or choose another --out"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def open_run(job: Job) -> RunLock:
+    """Create the run folder, take its lock and write config.json (rank 0, after `validate`)."""
+    from .report import write_json
+
+    os.makedirs(job.out, exist_ok=True)
+    lock = RunLock(job.out)
+    try:
+        if not job.resume:
+            write_json(os.path.join(job.out, "config.json"), job.settings)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def run(
+    settings: dict[str, Any],
+    out: str,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    *,
+    data: Any = None,
+    teacher: tuple[torch.nn.Module, dict[str, Any]] | None = None,
+) -> dict:
+    """The main job; returns the report (also written to `out/report.json`; under torchrun, rank 0
+    alone evaluates and reports, the other ranks return {}). `data` and `teacher`: as `validate`
+    loaded them (loaded here if None)."""
     from ..schedules import CosineSchedule
     from .checkpoint import schedule_from_dict
     from .data import load_data
@@ -229,9 +519,9 @@ def run(settings: dict[str, Any], out: str, device: torch.device, resume: bool, 
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "config.json"), settings)
-    data = load_data(settings["data"], seed=settings["seed"])
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if data is None:
+        data = load_data(settings["data"], seed=settings["seed"])
     if len(data) < 4:
         raise ValueError(f"--data needs at least 4 examples (evaluation splits it in two), got {len(data)}")
     kwargs = (
@@ -244,20 +534,24 @@ def run(settings: dict[str, Any], out: str, device: torch.device, resume: bool, 
     )
     param, schedule = settings["param"], CosineSchedule()
     x = data.x.to(device)
-    print(
-        f"data: {data.name}, {len(data)} examples of shape {data.shape}; model: {settings['model']} "
-        f"({sum(p.numel() for p in model.parameters()):,} parameters), param={param}; "
-        f"device {device}; out {out}"
-    )
+    if rank == 0:
+        print(
+            f"data: {data.name}, {len(data)} examples of shape {data.shape}; model: {settings['model']} "
+            f"({sum(p.numel() for p in model.parameters()):,} parameters), param={param}; "
+            f"device {device}; out {out}"
+        )
 
     t0 = time.perf_counter()
     if settings["teacher"]:
-        model, info = _load_teacher(settings["teacher"], model.config, settings)
+        model, info = (
+            teacher if teacher is not None else _load_teacher(settings["teacher"], model.config, settings)
+        )
         param = info.get("param", param)
         if "schedule" in info:
             schedule = schedule_from_dict(info["schedule"])
         teacher = model.to(device).eval()
-        print(f"teacher: loaded {settings['teacher']} (param={param})")
+        if rank == 0:
+            print(f"teacher: loaded {settings['teacher']} (param={param})")
     else:
         teacher = train_teacher(
             model.to(device),
@@ -273,7 +567,10 @@ def run(settings: dict[str, Any], out: str, device: torch.device, resume: bool, 
             resume=resume,
             progress=progress,
         )
-    write_json(os.path.join(out, "model.json"), {"model": teacher.config, "param": param, "data": data.name})
+    if rank == 0:
+        write_json(
+            os.path.join(out, "model.json"), {"model": teacher.config, "param": param, "data": data.name}
+        )
     timings["teacher_train_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -295,6 +592,9 @@ def run(settings: dict[str, Any], out: str, device: torch.device, resume: bool, 
         progress=progress,
     )
     timings["distill_train_seconds"] = time.perf_counter() - t0
+    fingerprints = _rank_fingerprints(teacher, students) if world > 1 else None
+    if rank != 0:
+        return {}
 
     t0 = time.perf_counter()
     evaluator = make_evaluator(data.x, data.labels, seed=settings["seed"], cache_dir=out)
@@ -318,10 +618,13 @@ def run(settings: dict[str, Any], out: str, device: torch.device, resume: bool, 
         "settings": settings,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "world_size": world,
         **evaluator.info,
         **timings,
     }
     report["targets"] = _targets(rows)
+    if world > 1:
+        report["rank_fingerprints"] = fingerprints
     write_json(os.path.join(out, "report.json"), report)
     plot_quality(report, os.path.join(out, "quality_vs_steps.png"))
     grid_steps = [n for n in sorted(samples["teacher"]) if n in students or n == max(samples["teacher"])]
@@ -337,6 +640,24 @@ def run(settings: dict[str, Any], out: str, device: torch.device, resume: bool, 
     )
     print(f"wrote {out}/report.json, quality_vs_steps.png, samples.png, checkpoints/")
     return report
+
+
+def _rank_fingerprints(
+    teacher: torch.nn.Module, students: dict[int, torch.nn.Module]
+) -> list[dict[str, str]]:
+    """Every rank's `model_fingerprint` of the teacher and each student, rank by rank (a collective
+    call under torchrun; one entry otherwise)."""
+    from .checkpoint import model_fingerprint
+
+    mine = {
+        "teacher": model_fingerprint(teacher),
+        **{f"student_{n}": model_fingerprint(s) for n, s in students.items()},
+    }
+    if not dist.is_initialized():
+        return [mine]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
 
 
 def _targets(rows: list[dict]) -> list[dict]:
@@ -374,36 +695,125 @@ def _targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _torchrun_ranks() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when launched by torchrun, else None."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if not all(n in os.environ for n in names):
+        return None
+    try:
+        rank, world, local = (int(os.environ[n]) for n in names)
+    except ValueError as err:
+        raise ValueError(f"torchrun: RANK, WORLD_SIZE and LOCAL_RANK must be integers ({err})") from err
+    return rank, world, local
+
+
+def _agree(error: BaseException | None) -> BaseException | None:
+    """Under torchrun: the first rank's error, if any rank has one (every rank takes the same way)."""
+    if not dist.is_initialized():
+        return error
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, None if error is None else f"{type(error).__name__}: {error}")
+    first = next((r for r, e in enumerate(everyone) if e is not None), None)
+    if first is None:
+        return None
+    if error is not None and first == dist.get_rank():
+        return error  # this rank's error is the first: it says it
+    return _OtherRank(f"rank {first}: {everyone[first]}")
+
+
+class _OtherRank(ValueError):
+    """Another rank failed its checks; this rank stops without a message of its own."""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"pd-distill: warning: {message}", file=sys.stderr)
+
+
+def _one_line(err: BaseException, out: str | None) -> str:
+    if isinstance(err, FloatingPointError):
+        return (
+            f"{err} (continue with: python -m pd_fast --resume --out {out}; a run's settings cannot "
+            "change on resume, so if a setting such as the learning rate caused it, start a new run)"
+        )
+    if isinstance(err, RuntimeError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"out of memory ({first}): try a smaller --batch-size or --teacher-batch-size"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = args.out
+    lock: RunLock | None = None
+    ranks = None
+    previous = torch.get_num_threads()
     try:
-        settings, out = resolve_settings(args)
-        _check_settings(settings)
-        device = _device(args.device)
-        threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
-        if threads is not None and threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        previous = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            ranks = _torchrun_ranks()
+            device = _device(args.device, None if ranks is None else ranks[2])
+            if ranks is not None:
+                if device.type == "cuda":
+                    torch.cuda.set_device(device)
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+                if args.out is None and not args.resume:  # one folder for all ranks: rank 0's name
+                    names = [_default_out()]
+                    dist.broadcast_object_list(names, src=0)
+                    args.out = names[0]
+            rank = 0 if ranks is None else ranks[0]
+            error: BaseException | None = None
+            try:
+                job = validate(args, device)
+                out = job.out
+            except (ValueError, OSError) as err:
+                error = err
+            error = _agree(error)  # every rank has validated before rank 0 writes
+            if error is not None:
+                raise error
+            try:
+                if rank == 0:
+                    lock = open_run(job)
+            except (ValueError, OSError) as err:
+                error = err
+            error = _agree(error)
+            if error is not None:
+                raise error
+            if job.threads is not None:
+                torch.set_num_threads(job.threads)
             run(
-                settings,
-                out,
+                job.settings,
+                job.out,
                 device,
-                resume=args.resume,
+                resume=job.resume,
                 progress=not args.no_progress and sys.stderr.isatty(),
+                data=job.data,
+                teacher=job.teacher,
             )
-        finally:
-            torch.set_num_threads(previous)
-    except ValueError as err:
-        print(f"pd-distill: error: {err}", file=sys.stderr)
+    except _OtherRank:
+        return 2
+    except (ValueError, OSError, FloatingPointError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _out_of_memory(err):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"pd-distill: error: {_one_line(err, out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m pd_fast --resume --out {out}", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(previous)
+        if lock is not None:
+            lock.release()
+        if ranks is not None and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,22 +137,35 @@ def load_array(path: str) -> Dataset:
     if not os.path.isfile(path):
         raise ValueError(f"data: no such file {path!r} (built-in sets: {', '.join(BUILTIN)})")
     labels = None
-    if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-    elif path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            keys = list(f.keys())
-            if "x" in keys:
-                arr = f["x"]
-                for key in ("y", "labels"):
-                    if key in keys:
-                        labels = np.asarray(f[key])
-            elif len(keys) == 1:
-                arr = f[keys[0]]
-            else:
-                raise ValueError(f"data: {path} holds arrays {keys}; name the data 'x' (labels 'y')")
-    else:
+    if not (path.endswith(".npy") or path.endswith(".npz")):
         raise ValueError(f"data must be a built-in name {BUILTIN} or a .npy/.npz path, got {path!r}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if path.endswith(".npy") and head != b"\x93NUMPY":
+        raise ValueError(f"data: {path} is not a .npy file ({'empty' if not head else 'no NumPy header'})")
+    if path.endswith(".npz") and not zipfile.is_zipfile(path):
+        raise ValueError(f"data: {path} is not a .npz file ({'empty' if not head else 'not a zip archive'})")
+    try:
+        if path.endswith(".npy"):
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                keys = list(f.keys())
+                if "x" in keys:
+                    arr = f["x"]
+                    for key in ("y", "labels"):
+                        if key in keys:
+                            labels = np.asarray(f[key])
+                elif len(keys) == 1:
+                    arr = f[keys[0]]
+                else:
+                    raise ValueError(f"data: {path} holds arrays {keys}; name the data 'x' (labels 'y')")
+    except (EOFError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"data: {path} is damaged or truncated ({err})") from err
+    except ValueError as err:
+        if str(err).startswith("data:"):
+            raise
+        raise ValueError(f"data: {path} cannot be read ({' '.join(str(err).split())})") from err
     x = validate_array(arr, name=f"data ({os.path.basename(path)})")
     lab = None
     if labels is not None:

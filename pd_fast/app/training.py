@@ -10,6 +10,8 @@
                         progress=True, log_every=10, on_round_end=None)
         -> dict[int, nn.Module]   # {student steps: student}, e.g. {4: ..., 2: ..., 1: ...}, eval mode
     check_data(data, name="data") -> Tensor   # ValueError unless finite, in [-1, 1], ndim >= 2, N >= 1
+    data_fingerprint(data) -> str             # SHA-256 of the data's dtype, shape and values
+    TrainingDiverged                          # FloatingPointError: a non-finite loss, gradient or weight
 
 (`load_model_checkpoint` and `schedule_from_dict` are re-exported from `pd_fast.app.checkpoint`.)
 
@@ -35,8 +37,14 @@ and `data` (a tensor or array (N, ...) in [-1, 1]) is moved there once. `schedul
   `ckpt_every` iterations (0: only at stage/round ends); plus `out_dir/log.jsonl`, one JSON
   record (phase, round, steps, iteration, loss, lr, grad_norm, time) per `log_every` iterations.
   A stage with a state in `out_dir` raises ValueError unless `resume=True`, which continues from
-  its last checkpoint with the same settings (`to_dict()` of the stage's config) and cuts the
-  log back to that checkpoint.
+  its last checkpoint with the same settings and data (`to_dict()` of the stage's config, which
+  holds the data's fingerprint) and cuts the log back to that checkpoint; a stage starting afresh
+  cuts the log back to the stages before it. Checkpoint files are verified against their SHA-256
+  (`pd_fast.app.checkpoint`): a damaged last state falls back to the one before it, with a warning.
+- Finiteness: every update's loss and gradient norm go into a small device buffer, read (one host
+  sync) every `CHECK_EVERY` updates, before every log record and before every checkpoint, which
+  also checks the weights. A non-finite value raises `TrainingDiverged` naming the stage, round and
+  iteration; nothing is written after the last finite checkpoint, so a resume continues from it.
 - Randomness comes only from `torch.Generator`s seeded from (seed, rank, stage) (data and t on
   the CPU, noise on the device) and torch's global RNG (dropout); all are checkpointed. With
   `torch.use_deterministic_algorithms(True)` and a fixed thread count, a run killed with SIGKILL
@@ -53,10 +61,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +88,16 @@ __all__ = [
     "train_teacher",
     "progressive_distill",
     "check_data",
+    "data_fingerprint",
+    "TrainingDiverged",
+    "CHECK_EVERY",
     "load_model_checkpoint",
     "schedule_from_dict",
 ]
+
+
+# Updates between two finiteness checks of the loss and gradient norm (each check is one host sync).
+CHECK_EVERY = 10
 
 
 # ----- input checks and stage configs ----------------------------------------------------------
@@ -113,6 +130,14 @@ def check_data(data: Any, name: str = "data") -> Tensor:
     if lo < -1.0 or hi > 1.0:
         raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.6g}, {hi:.6g}]")
     return data
+
+
+def data_fingerprint(data: Tensor) -> str:
+    """SHA-256 (hex) of a tensor's dtype, shape and values (read on the CPU), to recognise a run's data."""
+    x = data.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{x.dtype}|{tuple(x.shape)}|".encode())
+    h.update(x.reshape(-1).view(torch.uint8).numpy().data if x.numel() else b"")
+    return h.hexdigest()
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -168,6 +193,7 @@ class _StageConfig:
     seed: int
     world_size: int
     data_shape: tuple[int, ...]
+    data: str | None = None  # `data_fingerprint` of the data when the run writes checkpoints
 
     def __post_init__(self) -> None:
         param_name(self.param)
@@ -193,6 +219,7 @@ class _StageConfig:
             "seed": self.seed,
             "world_size": self.world_size,
             "data_shape": list(self.data_shape),
+            "data": self.data,
         }
 
 
@@ -374,6 +401,24 @@ class _Log:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
+    def drop_phase(self, phase: str) -> None:
+        """Cut the log before its first record of `phase` (or its first partial line): a stage
+        starting afresh continues the records of the stages before it."""
+        if self.file is None:
+            return
+        self.file.flush()
+        size = 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                if not line.endswith(b"\n") or not isinstance(record, dict) or record.get("phase") == phase:
+                    break
+                size += len(line)
+        self.truncate(size)
+
     def truncate(self, size: int) -> None:
         """Drop what was logged after the checkpoint we resume from, so the log continues."""
         if self.file is not None and os.path.getsize(self.path) > size:
@@ -439,6 +484,7 @@ class _Stage:
     log_every: int
     progress: bool
     t0: float
+    last_commit: tuple[int, int] | None = None  # (round, iteration) of the last committed state
 
     @classmethod
     def open(
@@ -481,8 +527,11 @@ class _Stage:
             info, tensors = state
             self.gens.restore(tensors, self.ctx.rank)
             elapsed = float(info["elapsed"])
-            if (int(info["round"]), int(info["iteration"])) < self.cfg.end:
+            self.last_commit = (int(info["round"]), int(info["iteration"]))
+            if self.last_commit < self.cfg.end:
                 self.log.truncate(int(info["log_bytes"]))
+        else:
+            self.log.drop_phase(self.name)
         self.t0 = time.perf_counter() - elapsed
         return state
 
@@ -497,13 +546,25 @@ class _Stage:
                     "resume=True to continue it, or choose another out_dir"
                 )
             return None
-        state = ckpt.load_training_state(self.ckpt_dir, self.name)
+        try:
+            state = ckpt.load_training_state(self.ckpt_dir, self.name)
+        except ValueError:
+            self.log.close()
+            raise
         if state is None:
             return None
         saved = state[0].get("config", {})
         for key, value in self.cfg.to_dict().items():
+            if key == "data" and key not in saved:
+                continue  # a state written before the data's fingerprint was recorded
             if json.loads(json.dumps(saved.get(key))) != json.loads(json.dumps(value)):
                 self.log.close()
+                if key == "data":
+                    raise ValueError(
+                        f"resume: out_dir holds a {self.name} run on other data: same shape "
+                        f"{tuple(self.cfg.data_shape)}, different values (fingerprint "
+                        f"{str(saved[key])[:12]}... when it was written, {str(value)[:12]}... now)"
+                    )
                 raise ValueError(
                     f"resume: out_dir holds a {self.name} run with {key}={saved.get(key)!r}, "
                     f"this call has {key}={value!r}"
@@ -532,6 +593,7 @@ class _Stage:
                 **self.cfg.progress_info(round_, iteration),
             }
             ckpt.save_training_state(self.ckpt_dir, self.name, tensors, info)
+        self.last_commit = (round_, iteration)
         self.ctx.barrier()
 
     def save_model(self, stem: str, model: nn.Module, steps: int | None, round_: int, iteration: int) -> None:
@@ -552,6 +614,7 @@ class _Stage:
         """Updates start..step.iters - 1 of the stage, with the log and the checkpoints in between
         (the caller commits the stage's end)."""
         cfg, gens = self.cfg, self.gens
+        guard = _Guard(self, step)
         bar = tqdm(
             total=step.iters,
             initial=start,
@@ -568,9 +631,14 @@ class _Stage:
                 grad_norm = _update(step.params, step.opt, loss, lr, cfg.grad_clip)
                 if step.after_update is not None:
                     step.after_update(k)
+                guard.record(loss, grad_norm)
                 bar.update(1)
                 done = k + 1
-                if done % self.log_every == 0 or done == step.iters:
+                logs = done % self.log_every == 0 or done == step.iters
+                saves = done == step.iters or (self.ckpt_every and done % self.ckpt_every == 0)
+                if saves or logs or done % CHECK_EVERY == 0:
+                    guard.check(done, weights=bool(saves))
+                if logs:
                     record = {
                         "phase": self.name,
                         "round": step.round,
@@ -587,6 +655,75 @@ class _Stage:
                     self.save_state(step.round, done, step.modules, step.opt)
         finally:
             bar.close()
+
+    def where(self, step: _Step) -> str:
+        """The stage and round of `step`, for messages."""
+        if step.steps is None:
+            return self.name
+        n_rounds = len(self.cfg.round_steps)
+        return f"{self.name} round {step.round + 1}/{n_rounds} ({2 * step.steps}->{step.steps} steps)"
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss, gradient norm or weight stopped training; `stage`, `round` and `iteration`
+    say where, and nothing was written after the last finite checkpoint."""
+
+    def __init__(self, message: str, stage: str, round_: int, iteration: int) -> None:
+        super().__init__(message)
+        self.stage, self.round, self.iteration = stage, round_, iteration
+
+
+class _Guard:
+    """Finiteness of training without a host sync per update: `record` puts each update's loss and
+    gradient norm into a device buffer (one small op); `check` reads the rows since the last check
+    (and, before a checkpoint, whether the weights are finite) in one host sync, agreed over the
+    ranks, and raises `TrainingDiverged` at the first non-finite one."""
+
+    def __init__(self, stage: _Stage, step: _Step) -> None:
+        self.stage, self.step = stage, step
+        self.values = torch.zeros(CHECK_EVERY, 2, device=stage.device, dtype=torch.float32)
+        self.n = 0
+
+    def record(self, loss: Tensor, grad_norm: Tensor) -> None:
+        torch.stack((loss.detach().float(), grad_norm.float()), out=self.values[self.n])
+        self.n += 1
+
+    def check(self, done: int, weights: bool) -> None:
+        """Raise `TrainingDiverged` if a value recorded since the last check, or with `weights` a
+        weight of the stage's modules, is not finite; `done`: updates done so far."""
+        n, stage, step = self.n, self.stage, self.step
+        flags = [torch.isfinite(self.values[:n]).all(dim=1)]
+        if weights:
+            params = [p for m in step.modules.values() for p in m.parameters() if p.is_floating_point()]
+            flags.append(torch.stack([torch.isfinite(p).all() for p in params]).all().reshape(1))
+        ok = torch.cat(flags).to(torch.int32)
+        if stage.ctx.active:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        ok_list = ok.tolist()  # the one host sync
+        self.n = 0
+        if all(ok_list):
+            return
+        where, last = stage.where(step), stage.last_commit
+        saved = (
+            f"the last checkpoint (round {last[0]}, iteration {last[1]})"
+            if last is not None
+            else "the start of the stage (no checkpoint of it was written)"
+        )
+        bad = next((j for j in range(n) if not ok_list[j]), None)
+        if bad is not None:
+            iteration = done - n + bad + 1
+            loss, grad_norm = self.values[bad].tolist()
+            what = f"the loss is {loss:.6g} and the gradient norm {grad_norm:.6g}"
+        else:
+            iteration = done
+            what = "the weights are no longer finite"
+        raise TrainingDiverged(
+            f"training diverged in {where} at iteration {iteration}: {what}. Nothing was saved after "
+            f"{saved}; fix the cause and resume from there",
+            stage.name,
+            step.round,
+            iteration,
+        )
 
 
 def _batch(x_local: Tensor, gen: torch.Generator, batch_size: int) -> Tensor:
@@ -639,6 +776,18 @@ def _wrap(model: nn.Module, ctx: _Dist, device: torch.device) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model)
     index = device.index if device.index is not None else torch.cuda.current_device()
     return nn.parallel.DistributedDataParallel(model, device_ids=[index])
+
+
+def _load_module(module: nn.Module, prefix: str, info: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """Load the `prefix/` tensors of a training state into `module`; ValueError if they do not fit."""
+    try:
+        module.load_state_dict(_take(prefix, tensors))
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise ValueError(
+            f"resume: the {prefix} weights in {info.get('tensors_file')} do not fit this model "
+            f"(was the model or its settings changed?): {detail[:300]}"
+        ) from err
 
 
 def _take(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -696,7 +845,7 @@ def train_teacher(
     cfg = _TeacherConfig(
         param=param, weighting=weighting, schedule=schedule, iters=iters, batch_size=batch_size, lr=lr,
         warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip, seed=seed, world_size=ctx.world,
-        data_shape=tuple(data.shape),
+        data_shape=tuple(data.shape), data=data_fingerprint(data) if out_dir is not None else None,
     )  # fmt: skip
     device, dtype = _model_device(model, "model")
     params = _trainable(model, "model")
@@ -706,8 +855,8 @@ def train_teacher(
     start, state = 0, stage.load_state(resume)
     if state is not None:
         info, tensors = state
-        model.load_state_dict(_take("model", tensors))
-        ema.load_state_dict(_take("ema", tensors))
+        _load_module(model, "model", info, tensors)
+        _load_module(ema, "ema", info, tensors)
         ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
         start = int(info["iteration"])
     net = _wrap(model, ctx, device)
@@ -726,10 +875,23 @@ def train_teacher(
             stage.save_state(0, cfg.iters, step.modules, opt)
     finally:
         stage.log.close()
-    if stage.ckpt_dir is not None and not (stage.ckpt_dir / "teacher.safetensors").is_file():
+    if stage.ctx.main and stage.ckpt_dir is not None and not _intact(stage.ckpt_dir / "teacher"):
         stage.save_model("teacher", ema, None, 0, cfg.iters)
     ctx.barrier()
     return ema.eval()
+
+
+def _intact(stem: Path) -> bool:
+    """Whether the model checkpoint `stem` exists and passes its SHA-256 check (warns if damaged)."""
+    if not stem.with_suffix(".safetensors").is_file():
+        return False
+    try:
+        ckpt.verify_model_checkpoint(stem)
+    except ckpt.CheckpointError as err:
+        message = f"{err}; writing it again from the training state"
+        warnings.warn(message, ckpt.CheckpointFallbackWarning, stacklevel=3)
+        return False
+    return True
 
 
 def _ema_update(ema: nn.Module, model: nn.Module, ema_decay: float, k: int) -> None:
@@ -790,6 +952,7 @@ def progressive_distill(
         param=param, weighting=weighting, schedule=schedule, start_steps=start_steps, end_steps=end_steps,
         iters=iters, last_rounds_factor=last_rounds_factor, batch_size=batch_size, lr=lr,
         grad_clip=grad_clip, seed=seed, world_size=ctx.world, data_shape=tuple(data.shape),
+        data=data_fingerprint(data) if out_dir is not None else None,
         teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None,
     )  # fmt: skip
     stage = _Stage.open("distill", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress)
@@ -831,7 +994,7 @@ def _distill_round(
     start = 0
     if state is not None:
         info, tensors = state
-        student.load_state_dict(_take("student", tensors))
+        _load_module(student, "student", info, tensors)
         ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
         start = int(info["iteration"])
     student.train()

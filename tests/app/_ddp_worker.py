@@ -5,12 +5,15 @@ and distills it 4 -> 1 steps under DistributedDataParallel, twice:
 - into `out/b` with a crash (an exception raised by the model on every rank at the same call)
   mid teacher training and mid round 2, each followed by a resume from the checkpoints.
 
-Each rank then writes its final weights to `out/<a|b>/rank<r>.safetensors`.
+Each rank then writes its final weights to `out/<a|b>/rank<r>.safetensors`. Last, into `out/c`, a
+teacher whose output turns NaN on rank 1 alone at its 7th call: every rank must stop, and each
+writes where it stopped to `out/c/rank<r>.json`.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +30,18 @@ DISTILL = dict(iters=8, batch_size=16, lr=1e-3, ckpt_every=3, log_every=2)
 
 class _Crash(RuntimeError):
     pass
+
+
+class NaNOnRank1(TinyMLP):
+    """Outputs NaN at its `nan_at`-th call on rank 1 (a fault the other rank does not see)."""
+
+    nan_at = 7
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = super().forward(z, t)
+        if dist.get_rank() == 1 and TinyMLP.calls == NaNOnRank1.nan_at:
+            out = out * float("nan")
+        return out
 
 
 class CrashingMLP(TinyMLP):
@@ -88,5 +103,15 @@ def run(rank: int, world: int, init_file: str, out: str) -> None:
             {"teacher": ema, **{f"student_{n}": s for n, s in students.items()}},
             b / f"rank{rank}.safetensors",
         )
+
+        # c: a NaN on rank 1 alone stops every rank at the same place
+        c = Path(out) / "c"
+        TinyMLP.calls = 0
+        try:
+            train_teacher(NaNOnRank1(seed=2), data, out_dir=c, **TEACHER, **common)
+            stopped = None
+        except FloatingPointError as err:
+            stopped = {"stage": err.stage, "round": err.round, "iteration": err.iteration}
+        (c / f"rank{rank}.json").write_text(json.dumps(stopped))
     finally:
         dist.destroy_process_group()

@@ -86,6 +86,14 @@ def _log_without_time(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time"} for r in records]
 
 
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_iteration(ddp_run: Path) -> None:
+    stopped = [json.loads((ddp_run / "c" / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    # TEACHER checkpoints every 5 and logs every 2 iterations: the NaN of iteration 7 is found at 8
+    assert stopped == [{"stage": "teacher", "round": 0, "iteration": 7}] * WORLD
+    info, _ = ckpt.load_training_state(ddp_run / "c" / "checkpoints", "teacher")
+    assert info["iteration"] == 5 and not (ddp_run / "c" / "checkpoints" / "teacher.safetensors").exists()
+
+
 def test_resuming_with_another_world_size_is_rejected(ddp_run: Path) -> None:
     teacher = TinyMLP(seed=0)
     pd_fast.load_model_checkpoint(ddp_run / "a" / "checkpoints" / "teacher.safetensors", teacher)

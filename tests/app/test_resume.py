@@ -90,13 +90,18 @@ def test_adam_state_round_trip_continues_exactly_like_the_original(tmp_path: Pat
 
 
 def test_training_state_commit_survives_a_kill_between_its_two_writes(tmp_path: Path) -> None:
-    ckpt.save_training_state(tmp_path, "distill", {"a": torch.ones(3)}, {"round": 1, "iteration": 4})
-    ckpt.save_training_state(tmp_path, "distill", {"a": torch.full((3,), 2.0)}, {"round": 1, "iteration": 8})
-    assert sorted(p.name for p in tmp_path.glob("distill_state-*")) == ["distill_state-r1-i8.safetensors"]
+    for i in (2, 4, 8):
+        tensors = {"a": torch.full((3,), float(i))}
+        ckpt.save_training_state(tmp_path, "distill", tensors, {"round": 1, "iteration": i})
+    # the state and the one it replaced (kept to fall back to) remain, nothing older
+    assert sorted(p.name for p in tmp_path.glob("distill_state-*")) == [
+        "distill_state-r1-i4.safetensors",
+        "distill_state-r1-i8.safetensors",
+    ]
     # a kill after the tensors file of iteration 12 but before its JSON: the old state stands
     ckpt.save_tensors(tmp_path / "distill_state-r1-i12.safetensors", {"a": torch.full((3,), 3.0)})
     info, tensors = ckpt.load_training_state(tmp_path, "distill")
-    assert info["iteration"] == 8 and torch.equal(tensors["a"], torch.full((3,), 2.0))
+    assert info["iteration"] == 8 and torch.equal(tensors["a"], torch.full((3,), 8.0))
     assert not (tmp_path / "distill_state-r1-i12.safetensors").exists()
     assert not list(tmp_path.glob(".*.tmp"))
     assert ckpt.load_training_state(tmp_path, "teacher") is None
@@ -109,7 +114,7 @@ def test_training_state_files_keep_the_layout_that_existing_run_folders_hold(tmp
     common = dict(batch_size=8, out_dir=tmp_path, ckpt_every=2, log_every=1, progress=False)
     ema = pd_fast.train_teacher(TinyMLP(seed=1), data, iters=3, **common)
     pd_fast.progressive_distill(ema, data, 4, 1, iters=3, **common)
-    shared = {"batch_size", "data_shape", "grad_clip", "lr", "param", "schedule", "seed", "weighting"}
+    shared = {"batch_size", "data", "data_shape", "grad_clip", "lr", "param", "schedule", "seed", "weighting"}
     expected = {
         "teacher": (shared | {"ema_decay", "iters", "warmup", "world_size"}, {"complete"}, {"model", "ema"}),
         "distill": (
@@ -121,7 +126,7 @@ def test_training_state_files_keep_the_layout_that_existing_run_folders_hold(tmp
     for stage, (config_keys, own_keys, modules) in expected.items():
         info, tensors = ckpt.load_training_state(tmp_path / "checkpoints", stage)
         common_keys = {"config", "round", "iteration", "optimizer", "elapsed", "log_bytes", "stage"}
-        assert set(info) == common_keys | own_keys | {"tensors_file"}
+        assert set(info) == common_keys | own_keys | {"tensors_file", "tensors_sha256"}
         assert set(info["config"]) == config_keys
         assert {k.split("/")[0] for k in tensors} == modules | {"rng"} | ({"optim"} if modules else set())
         assert {"rng/0/data", "rng/0/noise", "rng/0/torch_cpu"} <= set(tensors)
@@ -131,7 +136,7 @@ def test_training_state_files_keep_the_layout_that_existing_run_folders_hold(tmp
     keys = ["phase", "round", "steps", "iteration", "loss", "lr", "grad_norm", "time"]
     assert all(list(r) == keys for r in records) and len(records) == 3 + 3 + 3
     model_info = json.loads((tmp_path / "checkpoints" / "student_1.json").read_text())
-    assert set(model_info) == {"steps", "schedule", "param", "weighting", "round", "iteration"}
+    assert set(model_info) == {"steps", "schedule", "param", "weighting", "round", "iteration", "sha256"}
 
 
 # ----- kill -9 and resume ----------------------------------------------------------------------
@@ -216,4 +221,10 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_run(tmp_p
     # the log continues where each checkpoint left it: no lost or repeated records
     assert _log_without_time(run_dir) == _log_without_time(ref_dir)
     leftovers = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if "state-" in p.name)
-    assert leftovers == ["distill_state-r3-i0.safetensors", "teacher_state-r0-i40.safetensors"]
+    # each stage's last state and the one before it (kept to fall back to)
+    assert leftovers == [
+        "distill_state-r2-i24.safetensors",
+        "distill_state-r3-i0.safetensors",
+        "teacher_state-r0-i35.safetensors",
+        "teacher_state-r0-i40.safetensors",
+    ]
