@@ -4,8 +4,13 @@ Teacher training -> progressive distillation ([PD] Algorithm 2) -> evaluation, o
 8x8 digits by default. Writes into `--out DIR` (default `runs/<timestamp>`):
 
 - `report.json`: `{"metric", "floor", "rows": [{"steps", "teacher_ddim", "student",
-  "sample_seconds", ...}], ...}` (Fréchet distances; see `pd_fast.evaluation`),
-- `quality_vs_steps.png`, `samples.png`,
+  "sample_seconds", ...}], ...}` (Fréchet distances; see `pd_fast.app.evaluation`), and beside
+  them `intervals` (95% intervals mirroring `rows`), `comparisons` (ratios to the teacher with
+  their intervals and `significant`), `precision_recall` and `memorisation`
+  (`pd_fast.app.evaluation.sample_statistics`),
+- `samples.npz`: the scored samples, `x_teacher_ddim_N<N>` and `x_student_ddim_N<N>` (float32
+  in [-1, 1], all from the same noise),
+- `quality_vs_steps.png` (with error bars), `samples.png`,
 - `checkpoints/` (teacher, one student per round, training state) and `log.jsonl`, written by
   `pd_fast.training`; `config.json` (this run's settings) and `model.json` (the network's config).
 

@@ -176,8 +176,10 @@ def write_samples(path: str, samples: dict[str, dict[int, Tensor]]) -> None:
 
 def plot_quality(report: dict[str, Any], path: str) -> None:
     """Quality against steps on a log2 axis: the teacher's DDIM line, the distilled students, and
-    the data-vs-data floor (one panel per feature space in the report), with error bars and a
-    shaded floor band where the report has `intervals`."""
+    the data-vs-data floor (one panel per feature space in the report). Where the report has
+    `intervals` and `comparisons`: error bars, a shaded floor band, and a last panel with the
+    paired ratios to the teacher at the most steps (the comparison the bars of the other panels,
+    which ignore the pairing, understate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,18 +187,22 @@ def plot_quality(report: dict[str, Any], path: str) -> None:
 
     main = report.get("space", report["spaces"][0])
     spaces = [main] + [s for s in report["spaces"] if s != main]
-    intervals = report.get("intervals")
+    intervals, comparisons = report.get("intervals"), report.get("comparisons")
     ci_by = {r["steps"]: r for r in intervals["rows"]} if intervals else {}
-    fig, axes = plt.subplots(1, len(spaces), figsize=(5.5 * len(spaces), 4), squeeze=False)
-    for ax, space in zip(axes[0], spaces, strict=True):
-        rows = report["rows"]
+    panels = len(spaces) + (1 if comparisons else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    rows = report["rows"]
+    for ax, space in zip(axes[0], spaces, strict=False):
         key_t, key_s, floor = f"teacher_ddim_{space}", f"student_{space}", report["floors"][space]
-
-        for key, fmt, label in ((key_t, "o-", "teacher, DDIM"), (key_s, "s-", "distilled student")):
+        # students drawn a little to the right, so that the two sets of bars do not overlap
+        for key, fmt, label, dx in (
+            (key_t, "o-", "teacher, DDIM", 1.0),
+            (key_s, "s-", "distilled student", 2**0.1),
+        ):
             have = [r for r in rows if r.get(key) is not None]
             if not have:
                 continue
-            x, y = [r["steps"] for r in have], [r[key] for r in have]
+            x, y = [r["steps"] * dx for r in have], [r[key] for r in have]
             cis = [ci_by.get(r["steps"], {}).get(key) for r in have]
             if intervals and all(c is not None for c in cis):
                 err = np.array([[v - c[0], c[1] - v] for v, c in zip(y, cis, strict=True)]).T
@@ -206,7 +212,7 @@ def plot_quality(report: dict[str, Any], path: str) -> None:
         ax.axhline(floor, color="gray", ls="--", label="data vs data (floor)")
         if intervals:
             lo, hi = intervals["floors"][space]
-            ax.axhspan(max(lo, 1e-12), hi, color="gray", alpha=0.15, lw=0)
+            ax.axhspan(max(lo, 1e-12), hi, color="gray", alpha=0.12, lw=0, label="floor's interval")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sampling steps")
@@ -218,10 +224,70 @@ def plot_quality(report: dict[str, Any], path: str) -> None:
             )
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    if comparisons:
+        _plot_ratios(axes[0][-1], report, main)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_ratios(ax: Any, report: dict[str, Any], space: str) -> None:
+    """Each model's Fréchet distance over the teacher's at the most steps, with the paired
+    intervals; points above the axis are drawn as arrows at its top, with their value."""
+    comp = report["comparisons"]
+    ref = comp["reference_steps"]
+    by = {c["name"]: c for c in comp["rows"] if c["space"] == space}
+    lines = []
+    for field, fmt, label, dx in (
+        ("teacher_ddim", "o-", "teacher, DDIM", 1.0),
+        ("student", "s-", "distilled student", 2**0.1),
+    ):
+        have = [(r["steps"], by.get(f"{field}_{r['steps']}_vs_teacher_ddim_{ref}")) for r in report["rows"]]
+        lines.append((fmt, label, dx, [(n, c) for n, c in have if c is not None]))
+    student_highs = [c["interval"][1] or c["ratio"] for _, c in lines[1][3]]
+    top = min(5.0, max([1.5] + [1.05 * h for h in student_highs]))
+    bottom = min([0.95] + [c["interval"][0] - 0.02 for _, _, _, pts in lines for _, c in pts])
+    for fmt, label, dx, pts in lines:
+        if not pts:
+            continue
+        x = np.array([n * dx for n, _ in pts], dtype=float)
+        y = np.array([c["ratio"] for _, c in pts])
+        lo = np.array([c["interval"][0] for _, c in pts])
+        hi = np.array([top * 2 if c["interval"][1] is None else c["interval"][1] for _, c in pts])
+        shown = y <= top
+        color = ax.plot(x[shown], y[shown], fmt, label=label)[0].get_color()
+        ax.errorbar(
+            x[shown],
+            y[shown],
+            yerr=[y[shown] - lo[shown], hi[shown] - y[shown]],
+            fmt="none",
+            ecolor=color,
+            capsize=3,
+        )
+        for xi, yi in zip(x[~shown], y[~shown], strict=True):
+            ax.plot([xi], [top], "^", color=color)
+            ax.annotate(
+                f"{yi:.3g}",
+                (xi, top),
+                textcoords="offset points",
+                xytext=(0, -12),
+                ha="center",
+                fontsize=7,
+                color=color,
+            )
+    ax.axhline(1.0, color="gray", ls="--", label=f"teacher, {ref}-step DDIM")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom, top)
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"Fréchet distance / teacher's at {ref} steps")
+    ax.set_title(
+        f"ratio to the teacher's {ref}-step DDIM ({space})\nbars: paired {comp['level']:.0%} intervals "
+        "(same noise)",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def plot_samples(
