@@ -463,19 +463,23 @@ def knn_radii(x: np.ndarray | Tensor, k: int = 3) -> np.ndarray:
 
 
 def knn_precision_recall(
-    real: np.ndarray | Tensor, fake: np.ndarray | Tensor, k: int = 3
+    real: np.ndarray | Tensor, fake: np.ndarray | Tensor, k: int = 3, real_radii: np.ndarray | None = None
 ) -> tuple[float, float]:
     """k-NN precision and recall ([PR] Kynkäänniemi et al. 2019, Eqs. 1-3).
 
     The manifold of a set is the union of balls around its points, each with the radius of the
     point's k-th nearest neighbour in the set. Precision = the fraction of `fake` rows inside the
     manifold of `real`; recall = the fraction of `real` rows inside the manifold of `fake`
-    (inside: distance <= radius). real (n, ...), fake (m, ...), compared in float64.
+    (inside: distance <= radius). real (n, ...), fake (m, ...), compared in float64;
+    `real_radii`: `knn_radii(real, k)` where already computed (one real set, many models).
     """
     r, f = _as_rows("real", real), _as_rows("fake", fake)
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"real and fake must have the same feature size, got {r.shape[1]} and {f.shape[1]}")
-    radius_r, radius_f = torch.from_numpy(knn_radii(r, k)), torch.from_numpy(knn_radii(f, k))
+    radius_r = torch.from_numpy(np.asarray(knn_radii(r, k) if real_radii is None else real_radii, np.float64))
+    if radius_r.shape != (r.shape[0],):
+        raise ValueError(f"real_radii must be ({r.shape[0]},), got {tuple(radius_r.shape)}")
+    radius_f = torch.from_numpy(knn_radii(f, k))
     d = _distances(f, r)  # (m, n)
     precision = (d <= radius_r[None, :]).any(dim=1).double().mean()
     recall = (d <= radius_f[:, None]).any(dim=0).double().mean()
@@ -636,11 +640,12 @@ def _precision_recall_section(
     of the held-out half (data vs data); None where a set has k rows or fewer."""
     space = evaluator.metric
     real, held = evaluator.reference_features[space], evaluator.held_out_features[space]
+    radii = knn_radii(real, k) if 1 <= k < real.shape[0] else None
 
     def pr(fake: np.ndarray) -> dict | None:
-        if not 1 <= k < min(real.shape[0], fake.shape[0]):
+        if radii is None or not k < fake.shape[0]:
             return None
-        p, r = knn_precision_recall(real, fake, k)
+        p, r = knn_precision_recall(real, fake, k, real_radii=radii)
         return dict(precision=p, recall=r)
 
     rows = [
