@@ -4,8 +4,13 @@ Teacher training -> progressive distillation ([PD] Algorithm 2) -> evaluation, o
 8x8 digits by default. Writes into `--out DIR` (default `runs/<timestamp>`):
 
 - `report.json`: `{"metric", "floor", "rows": [{"steps", "teacher_ddim", "student",
-  "sample_seconds", ...}], ...}` (Fréchet distances; see `pd_fast.evaluation`),
-- `quality_vs_steps.png`, `samples.png`,
+  "sample_seconds", ...}], ...}` (Fréchet distances; see `pd_fast.app.evaluation`), and beside
+  them `intervals` (95% intervals mirroring `rows`), `comparisons` (ratios to the teacher with
+  their intervals and `significant`), `precision_recall` and `memorisation`
+  (`pd_fast.app.evaluation.sample_statistics`),
+- `samples.npz`: the scored samples, `x_teacher_ddim_N<N>` and `x_student_ddim_N<N>` (float32
+  in [-1, 1], all from the same noise),
+- `quality_vs_steps.png` (with error bars), `samples.png`,
 - `checkpoints/` (teacher, one student per round, training state) and `log.jsonl`, written by
   `pd_fast.training`; `config.json` (this run's settings) and `model.json` (the network's config).
 
@@ -483,13 +488,13 @@ class RunLock:
 
 def open_run(job: Job) -> RunLock:
     """Create the run folder, take its lock and write config.json (rank 0, after `validate`)."""
-    from .report import write_json
+    from .checkpoint import save_json
 
     os.makedirs(job.out, exist_ok=True)
     lock = RunLock(job.out)
     try:
         if not job.resume:
-            write_json(os.path.join(job.out, "config.json"), job.settings)
+            save_json(os.path.join(job.out, "config.json"), job.settings)
     except BaseException:
         lock.release()
         raise
@@ -510,11 +515,18 @@ def run(
     alone evaluates and reports, the other ranks return {}). `data` and `teacher`: as `validate`
     loaded them (loaded here if None)."""
     from ..schedules import CosineSchedule
-    from .checkpoint import schedule_from_dict
+    from .checkpoint import save_json, schedule_from_dict
     from .data import load_data
-    from .evaluation import evaluate_models, make_evaluator
+    from .evaluation import evaluate_models, make_evaluator, sample_statistics
     from .models import build_model
-    from .report import format_table, plot_quality, plot_samples, write_json
+    from .report import (
+        format_comparisons,
+        format_quality_checks,
+        format_table,
+        plot_quality,
+        plot_samples,
+        write_samples,
+    )
     from .training import progressive_distill, train_teacher
 
     t_start = time.perf_counter()
@@ -568,7 +580,7 @@ def run(
             progress=progress,
         )
     if rank == 0:
-        write_json(
+        save_json(
             os.path.join(out, "model.json"), {"model": teacher.config, "param": param, "data": data.name}
         )
     timings["teacher_train_seconds"] = time.perf_counter() - t0
@@ -604,6 +616,9 @@ def run(
     z = torch.randn((evaluator.n_samples,) + data.shape, generator=gen).to(device)
     rows, samples = evaluate_models(teacher, students, evaluator, schedule, param, teacher_steps, z)
     timings["eval_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    statistics = sample_statistics(evaluator, samples, seed=settings["seed"], rows=rows)
+    timings["statistics_seconds"] = time.perf_counter() - t0
     timings["total_seconds"] = time.perf_counter() - t_start
 
     report: dict[str, Any] = {
@@ -622,23 +637,28 @@ def run(
         **evaluator.info,
         **timings,
     }
-    report["targets"] = _targets(rows)
+    report["targets"] = _targets(rows, statistics["comparisons"], evaluator.metric)
+    report.update(statistics)
     if world > 1:
         report["rank_fingerprints"] = fingerprints
-    write_json(os.path.join(out, "report.json"), report)
+    save_json(os.path.join(out, "report.json"), report)
+    write_samples(os.path.join(out, "samples.npz"), samples)
     plot_quality(report, os.path.join(out, "quality_vs_steps.png"))
     grid_steps = [n for n in sorted(samples["teacher"]) if n in students or n == max(samples["teacher"])]
     shown = {"teacher": {n: samples["teacher"][n] for n in grid_steps}, "student": samples["student"]}
     plot_samples(shown, os.path.join(out, "samples.png"), data=data.x)
     print(format_table(report))
+    print(format_comparisons(report))
+    print(format_quality_checks(report))
     for line in report["targets"]:
-        print(line["text"])
+        print(line["text"] + (f"; {line['interval_text']}" if "interval_text" in line else ""))
     print(
         f"time: teacher {timings['teacher_train_seconds']:.1f}s, "
         f"distillation {timings['distill_train_seconds']:.1f}s, "
-        f"evaluation {timings['eval_seconds']:.1f}s, total {timings['total_seconds']:.1f}s"
+        f"evaluation {timings['eval_seconds']:.1f}s (+ intervals and checks "
+        f"{timings['statistics_seconds']:.1f}s), total {timings['total_seconds']:.1f}s"
     )
-    print(f"wrote {out}/report.json, quality_vs_steps.png, samples.png, checkpoints/")
+    print(f"wrote {out}/report.json, samples.npz, quality_vs_steps.png, samples.png, checkpoints/")
     return report
 
 
@@ -660,10 +680,27 @@ def _rank_fingerprints(
     return everyone
 
 
-def _targets(rows: list[dict]) -> list[dict]:
+def _add_interval(target: dict, comparison: dict | None) -> None:
+    """Add a comparison's interval to a target: `interval`, and `met_by_interval` (the whole
+    interval within the limit: below it for a strict target)."""
+    if comparison is None:
+        return
+    lo, hi = comparison["interval"]
+    strict = target["name"] == "student_1_vs_teacher_4"
+    met = hi is not None and (hi < target["limit"] if strict else hi <= target["limit"])
+    target.update(interval=[lo, hi], met_by_interval=met)
+    target["interval_text"] = (
+        f"ratio {target['ratio']:.3f}, 95% interval [{lo:.3f}, {'inf' if hi is None else f'{hi:.3f}'}]: "
+        f"{'all' if met else 'not all'} {'<' if strict else '<='} {target['limit']}"
+    )
+
+
+def _targets(rows: list[dict], comparisons: dict | None = None, space: str | None = None) -> list[dict]:
     """The issue's quality targets, where the rows allow them: student(8) <= 1.1 x teacher(256),
-    student(4) <= 1.3 x teacher(256), student(1) < teacher(4)."""
+    student(4) <= 1.3 x teacher(256), student(1) < teacher(4); each with the interval of its
+    ratio in the main metric's `space` where `comparisons` (of `sample_statistics`) holds it."""
     by = {r["steps"]: r for r in rows}
+    main = {c["name"]: c for c in (comparisons or {}).get("rows", []) if c["space"] == space}
     out = []
     ref = by.get(256, {}).get("teacher_ddim")
     for n, factor in ((8, 1.1), (4, 1.3)):
@@ -680,6 +717,7 @@ def _targets(rows: list[dict]) -> list[dict]:
                     f"(<= {factor}: {'met' if ratio <= factor else 'MISSED'})",
                 )
             )
+            _add_interval(out[-1], main.get(f"student_{n}_vs_teacher_ddim_256"))
     s1, t4 = by.get(1, {}).get("student"), by.get(4, {}).get("teacher_ddim")
     if s1 is not None and t4 is not None:
         out.append(
@@ -692,6 +730,7 @@ def _targets(rows: list[dict]) -> list[dict]:
                 f"{'met' if s1 < t4 else 'MISSED'}",
             )
         )
+        _add_interval(out[-1], main.get("student_1_vs_teacher_ddim_4"))
     return out
 
 

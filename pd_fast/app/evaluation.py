@@ -10,15 +10,27 @@ feature space of a small classifier trained on the data (the FID idea with a net
 8x8 digits). The floor is the same distance between two disjoint halves of the data: a model
 is compared on as many samples as the held-out half has, so the floor is what a perfect model
 would score with the same estimator bias.
+
+Beside the Fréchet distance (`sample_statistics`):
+
+- **95% intervals** by a paired bootstrap over the model's samples (`bootstrap_frechet`,
+  `bootstrap_interval`, `ratio_interval`): every model is sampled from the same noise z, so one
+  resampling of the indices of z serves every model, and a ratio of two models' distances is
+  resampled with its numerator and denominator together.
+- **k-NN precision and recall** ([PR] Kynkäänniemi et al. 2019, arXiv 1904.06991, Sec. 3,
+  `knn_precision_recall`), with the data-vs-data values as their reference.
+- **a memorisation check** (`nearest_distances`): each sample's nearest-neighbour distance to the
+  training set against a held-out example's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,7 +125,9 @@ def train_classifier(
     respond smoothly to imperfect samples); returns the network (in eval mode) and its accuracy
     on the other 20%. The cache is keyed by a hash of the data and the settings.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from .checkpoint import save_json, save_tensors
 
     x = x.detach().cpu().float()
     labels = labels.detach().cpu().long()
@@ -148,12 +162,8 @@ def train_classifier(
     with torch.no_grad():
         acc = float((net(x[te]).argmax(1) == labels[te]).float().mean()) if len(te) else float("nan")
     if cache_dir is not None:
-        os.makedirs(cache_dir, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, wpath + ".tmp")
-        os.replace(wpath + ".tmp", wpath)
-        with open(jpath + ".tmp", "w") as f:
-            json.dump(dict(key=key, accuracy=acc), f)
-        os.replace(jpath + ".tmp", jpath)
+        save_tensors(wpath, net.state_dict())
+        save_json(jpath, dict(key=key, accuracy=acc))
     return net, acc
 
 
@@ -173,15 +183,24 @@ class Evaluator:
     n_samples: int
     metric: str
     info: dict = field(default_factory=dict)
+    #: per space, the features (float32) of the reference half and of the held-out half
+    reference_features: dict[str, np.ndarray] = field(default_factory=dict)
+    held_out_features: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the whole data set (the training set of a model trained on it), float32 (N, ...)
+    data: Tensor | None = None
+
+    def features(self, samples: Tensor) -> dict[str, np.ndarray]:
+        """The features (n, d) of `samples` (n, ...) in every space."""
+        with torch.no_grad():
+            x = samples.detach().cpu().float()
+            return {name: fn(x).numpy() for name, fn in self.spaces.items()}
 
     def distances(self, samples: Tensor) -> dict[str, float]:
         """Fréchet distance of `samples` (n, ...) to the reference half, in every space."""
-        out = {}
-        with torch.no_grad():
-            for name, fn in self.spaces.items():
-                mu, s = gaussian_stats(fn(samples.detach().cpu().float()))
-                out[name] = frechet_distance(mu, s, *self.reference[name])
-        return out
+        return {
+            name: frechet_distance(*gaussian_stats(f), *self.reference[name])
+            for name, f in self.features(samples).items()
+        }
 
 
 def make_evaluator(
@@ -209,13 +228,14 @@ def make_evaluator(
         net, acc = train_classifier(x, labels, seed=seed, iters=classifier_iters, cache_dir=cache_dir)
         spaces["classifier"] = net.features
         info["classifier_accuracy"] = acc
-    reference, floor = {}, {}
+    reference, floor, ref_features, held_features = {}, {}, {}, {}
     with torch.no_grad():
         for name, fn in spaces.items():
-            reference[name] = gaussian_stats(fn(x[ref_idx]))
-            floor[name] = frechet_distance(*gaussian_stats(fn(x[held_idx])), *reference[name])
+            ref_features[name], held_features[name] = fn(x[ref_idx]).numpy(), fn(x[held_idx]).numpy()
+            reference[name] = gaussian_stats(ref_features[name])
+            floor[name] = frechet_distance(*gaussian_stats(held_features[name]), *reference[name])
     metric = "classifier" if "classifier" in spaces else "pixel"
-    return Evaluator(spaces, reference, floor, int(half), metric, info)
+    return Evaluator(spaces, reference, floor, int(half), metric, info, ref_features, held_features, x)
 
 
 def timed_sample(sample_fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
@@ -270,3 +290,407 @@ def evaluate_models(
         row["samples"] = int(z.shape[0])
         rows[n] = row
     return [rows[n] for n in sorted(rows)], samples
+
+
+# ----- intervals: the paired bootstrap -----------------------------------------------------------
+
+
+def _resampled_indices(rng: np.random.Generator, resamples: int, n: int) -> np.ndarray:
+    """(resamples, n) row indices drawn uniformly with replacement."""
+    return rng.integers(0, n, size=(resamples, n))
+
+
+def bootstrap_frechet(
+    features: dict[Hashable, np.ndarray],
+    reference: tuple[np.ndarray, np.ndarray],
+    indices: np.ndarray,
+    chunk_bytes: int = 1 << 25,
+) -> dict[Hashable, np.ndarray]:
+    """Bootstrap replicates of the Fréchet distance ([FID] Eq. 6) of each feature set to fixed
+    reference statistics `(mu_r, S_r)`.
+
+    `features`: name -> (n, d) features whose rows are paired (row i of every set comes from the
+    same noise z_i); `indices`: (B, n) resampled row indices, the same for every set. Returns
+    name -> (B,) distances: replicate b is `frechet_distance(*gaussian_stats(f[indices[b]]),
+    *reference)` up to rounding, in float64.
+
+    How: with `S_r = V diag(l) V^T` and `W = V diag(l)^(1/2)`, the covariance of the features
+    mapped to `f W` is `W^T S W`, whose eigenvalues are those of `S_r^(1/2) S S_r^(1/2)`; so each
+    replicate needs one weighted covariance (weights = how often each row was drawn: one matmul
+    for all replicates) and one `eigvalsh`, both in torch (they follow `torch.set_num_threads`).
+    """
+    indices = np.asarray(indices)
+    if indices.ndim != 2 or indices.shape[1] < 2:
+        raise ValueError(f"indices must be (B, n) with n >= 2, got shape {indices.shape}")
+    resamples, n = indices.shape
+    mu_r, s_r = (np.atleast_1d(np.asarray(a, np.float64)) for a in reference)
+    s_r = np.atleast_2d(0.5 * (s_r + s_r.T))
+    lam, vec = np.linalg.eigh(s_r)
+    whiten = torch.from_numpy(vec * np.sqrt(np.clip(lam, 0.0, None)))
+    tr_r = float(np.trace(s_r))
+    counts = np.bincount((indices + n * np.arange(resamples)[:, None]).ravel(), minlength=resamples * n)
+    weights = torch.from_numpy(counts.reshape(resamples, n).astype(np.float64)) / n
+    unbias = n / (n - 1)
+    out = {}
+    for name, f in features.items():
+        f = np.asarray(f, np.float64)
+        f = f.reshape(f.shape[0], -1)
+        if f.shape != (n, mu_r.shape[0]):
+            raise ValueError(f"features[{name!r}]: expected ({n}, {mu_r.shape[0]}), got {f.shape}")
+        d = f.shape[1]
+        # covariances are shift-invariant: centring first keeps the float64 sums well conditioned
+        centre = f.mean(axis=0)
+        fc, offset = torch.from_numpy(f - centre), torch.from_numpy(centre - mu_r)
+        g = fc @ whiten
+        lower = torch.tril_indices(d, d)
+        flat = lower[0] * d + lower[1]
+        outer = g[:, lower[0]] * g[:, lower[1]]  # (n, d (d + 1) / 2): eigvalsh reads the lower triangle
+        chunk = max(1, min(resamples, chunk_bytes // (8 * max(outer.shape[1], d * d))))
+        values = []
+        for w in weights.split(chunk):
+            mu_f, mu_g = w @ fc, w @ g
+            tr_s = ((w @ (fc * fc)) - mu_f * mu_f).sum(1) * unbias
+            cov_g = g.new_zeros((w.shape[0], d * d))
+            cov_g.index_copy_(1, flat, (w @ outer - mu_g[:, lower[0]] * mu_g[:, lower[1]]) * unbias)
+            eig = torch.linalg.eigvalsh(cov_g.view(-1, d, d))
+            diff = mu_f + offset
+            values.append((diff * diff).sum(1) + tr_s + tr_r - 2.0 * eig.clamp(min=0.0).sqrt().sum(1))
+        out[name] = torch.cat(values).numpy()
+    return out
+
+
+def _check_level(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return float(level)
+
+
+def bootstrap_interval(point: float, replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The `level` interval of a Fréchet distance `point` from its bootstrap `replicates` (B,):
+    the percentile interval of the replicates shifted so that their mean is `point`.
+
+    Why the shift: a resample repeats rows, and the Fréchet distance grows with sampling noise
+    (the finite-sample bias that the floor measures), so the raw replicates sit above `point` by
+    about the bias of n samples, and their plain percentile interval would miss the distance's
+    expected value most of the time. The shift keeps their spread and removes that offset.
+    """
+    level = _check_level(level)
+    reps = np.asarray(replicates, np.float64)
+    shifted = reps - (reps.mean() - point)
+    lo, hi = np.quantile(shifted, [(1 - level) / 2, (1 + level) / 2])
+    return max(float(lo), 0.0), float(hi)
+
+
+def ratio_interval(
+    point_a: float, replicates_a: np.ndarray, point_b: float, replicates_b: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
+    """`(a / b, low, high)`: the ratio of two Fréchet distances and its `level` interval from
+    paired replicates (replicate i of both drawn from the same resampled rows).
+
+    The interval inverts the paired test of the difference (Fieller's construction): it holds the
+    ratios x for which the `bootstrap_interval` of `a - x b` (replicates of both shifted to their
+    point estimates) contains 0. So it excludes 1 exactly when the paired difference `a - b` is
+    significant, it is `[c, c]` when a = c b in every replicate, and `high` is `inf` when b itself
+    cannot be told apart from 0 (a ratio to noise). `low` is at least 0.
+    """
+    level = _check_level(level)
+    if not point_b > 0:
+        raise ValueError(f"point_b must be > 0 for a ratio, got {point_b!r}")
+    a, b = np.asarray(replicates_a, np.float64), np.asarray(replicates_b, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(
+            f"replicates_a and replicates_b must be paired (same shape (B,)), got {a.shape}, {b.shape}"
+        )
+    a, b = a - (a.mean() - point_a), b - (b.mean() - point_b)
+    q = [(1 - level) / 2, (1 + level) / 2]
+
+    def inside(x: float) -> bool:
+        lo, hi = np.quantile(a - x * b, q)
+        return bool(lo <= 0.0 <= hi)
+
+    r = point_a / point_b
+    scale = r if r > 0 else 1.0
+
+    def edge(direction: int) -> float:
+        """The end of the interval above (+1) or below (-1) r: the first x where `inside` fails,
+        bracketed by doubling steps and then bisected."""
+        t_in, t = 0.0, 1e-6 * scale
+        while inside(r + direction * t):
+            t_in, t = t, 2.0 * t
+            if direction < 0 and r - t <= 0.0:
+                if inside(0.0):
+                    return 0.0
+                t = r
+                break
+            if t > 1e9 * scale:
+                return math.inf
+        for _ in range(60):
+            mid = 0.5 * (t_in + t)
+            t_in, t = (mid, t) if inside(r + direction * mid) else (t_in, mid)
+        return r + direction * t_in
+
+    if not inside(r):  # only if nearly every replicate of a - r b has one sign
+        return float(r), float(r), float(r)
+    return float(r), edge(-1), edge(+1)
+
+
+# ----- k-NN precision and recall, nearest-neighbour distances --------------------------------------
+
+
+def _as_rows(name: str, x: np.ndarray | Tensor) -> Tensor:
+    t = x.detach().cpu() if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+    t = t.reshape(t.shape[0], -1).to(torch.float64)
+    if t.shape[0] < 1 or not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be a non-empty (n, ...) array of finite values")
+    return t
+
+
+def _distances(a: Tensor, b: Tensor, chunk_bytes: int = 1 << 25) -> Tensor:
+    """Euclidean distances (n, m) in float64, as differences (not |a|^2 + |b|^2 - 2ab), so that a
+    point's distance to itself is exactly 0."""
+    rows = max(1, chunk_bytes // (8 * max(1, b.shape[0])))
+    return torch.cat([torch.cdist(p, b, compute_mode="donot_use_mm_for_euclid_dist") for p in a.split(rows)])
+
+
+def knn_radii(x: np.ndarray | Tensor, k: int = 3) -> np.ndarray:
+    """The distance of each row of x (n, d) to its k-th nearest other row ([PR] Eq. 2's
+    `NN_k(phi')`), in float64."""
+    t = _as_rows("x", x)
+    if not 1 <= k < t.shape[0]:
+        raise ValueError(f"k must be in [1, {t.shape[0] - 1}] for {t.shape[0]} rows, got {k}")
+    # the (k+1)-th smallest distance in a row counts the row itself (distance 0) as the first
+    return torch.kthvalue(_distances(t, t), k + 1, dim=1).values.numpy()
+
+
+def knn_precision_recall(
+    real: np.ndarray | Tensor, fake: np.ndarray | Tensor, k: int = 3, real_radii: np.ndarray | None = None
+) -> tuple[float, float]:
+    """k-NN precision and recall ([PR] Kynkäänniemi et al. 2019, Eqs. 1-3).
+
+    The manifold of a set is the union of balls around its points, each with the radius of the
+    point's k-th nearest neighbour in the set. Precision = the fraction of `fake` rows inside the
+    manifold of `real`; recall = the fraction of `real` rows inside the manifold of `fake`
+    (inside: distance <= radius). real (n, ...), fake (m, ...), compared in float64;
+    `real_radii`: `knn_radii(real, k)` where already computed (one real set, many models).
+    """
+    r, f = _as_rows("real", real), _as_rows("fake", fake)
+    if r.shape[1] != f.shape[1]:
+        raise ValueError(f"real and fake must have the same feature size, got {r.shape[1]} and {f.shape[1]}")
+    radius_r = torch.from_numpy(np.asarray(knn_radii(r, k) if real_radii is None else real_radii, np.float64))
+    if radius_r.shape != (r.shape[0],):
+        raise ValueError(f"real_radii must be ({r.shape[0]},), got {tuple(radius_r.shape)}")
+    radius_f = torch.from_numpy(knn_radii(f, k))
+    d = _distances(f, r)  # (m, n)
+    precision = (d <= radius_r[None, :]).any(dim=1).double().mean()
+    recall = (d <= radius_f[:, None]).any(dim=0).double().mean()
+    return float(precision), float(recall)
+
+
+def nearest_distances(queries: np.ndarray | Tensor, train: np.ndarray | Tensor) -> np.ndarray:
+    """The distance of each query row (n, ...) to its nearest row of `train` (m, ...), float64."""
+    q, t = _as_rows("queries", queries), _as_rows("train", train)
+    if q.shape[1] != t.shape[1]:
+        raise ValueError(f"queries and train must have the same feature size, got {q.shape[1]}, {t.shape[1]}")
+    return torch.cat([_distances(p, t).min(dim=1).values for p in q.split(1024)]).numpy()
+
+
+def leave_one_out_distances(train: np.ndarray | Tensor) -> np.ndarray:
+    """The distance of each row of `train` (m, ...) to its nearest *other* row: what a fresh draw
+    from the same distribution would score against a training set of m - 1 examples (a training
+    example is independent of the others), so it serves as held-out data when none is left out."""
+    t = _as_rows("train", train)
+    if t.shape[0] < 2:
+        raise ValueError(f"train needs at least 2 rows, got {t.shape[0]}")
+    out = []
+    for start, p in zip(range(0, t.shape[0], 1024), t.split(1024), strict=True):
+        d = _distances(p, t)
+        d[torch.arange(p.shape[0]), torch.arange(start, start + p.shape[0])] = math.inf
+        out.append(d.min(dim=1).values)
+    return torch.cat(out).numpy()
+
+
+# ----- the report's statistics -------------------------------------------------------------------
+
+#: the report's name of each model in `evaluate_models`' samples
+MODEL_FIELDS = {"teacher": "teacher_ddim", "student": "student"}
+
+
+def sample_statistics(
+    evaluator: Evaluator,
+    samples: dict[str, dict[int, Tensor]],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    k: int = 3,
+    rows: list[dict] | None = None,
+) -> dict:
+    """Intervals, paired comparisons, precision/recall and the memorisation check of the samples
+    that `evaluate_models` scored (`samples["teacher"][N]`, `samples["student"][N]`, all drawn
+    from the same noise), as report sections. The distances are taken from `rows` (the report
+    rows `evaluate_models` returned with these samples) where given, else computed the same way.
+
+    - `intervals`: a `level` interval of every Fréchet distance in the rows and of the floors
+      (`bootstrap_interval`; `resamples` resamplings of the rows of z, seeded by `seed`, shared by
+      every model; the floor resamples the held-out half). The reference half is held fixed: its
+      own noise shifts every row alike and is not part of the intervals.
+    - `comparisons`: per space, the ratio of each model's distance to the teacher's at the most
+      steps (`reference_steps`, 256 in the default job) and of each student's to the teacher's at
+      its own N, with its interval (`ratio_interval`) and `significant` (the interval excludes 1).
+    - `precision_recall`: `knn_precision_recall` in the main metric's space against the reference
+      half, and the held-out half's values as the data-vs-data reference.
+    - `memorisation`: in pixel space, each sample's distance to its nearest training example
+      (`evaluator.data`) against the held-out reference, `leave_one_out_distances`: the median
+      ratio, and the fraction of samples closer than the held-out distances' 1st percentile
+      (about 0.01 for a model that does not copy its training set).
+    """
+    level = _check_level(level)
+    if not isinstance(resamples, int) or resamples < 2:
+        raise ValueError(f"resamples must be an integer >= 2, got {resamples!r}")
+    models = [(key, n) for key in MODEL_FIELDS for n in sorted(samples.get(key, {}))]
+    if not models:
+        raise ValueError("samples holds no teacher or student samples")
+    sizes = {int(samples[key][n].shape[0]) for key, n in models}
+    if len(sizes) != 1:
+        raise ValueError(f"samples must all come from the same noise (same count), got sizes {sorted(sizes)}")
+    steps = sorted({n for _, n in models})
+    by_steps = {r["steps"]: r for r in rows} if rows is not None else {}
+    if rows is not None and not set(steps) <= set(by_steps):
+        raise ValueError(f"rows: no row for steps {sorted(set(steps) - set(by_steps))}")
+    features = {m: evaluator.features(samples[m[0]][m[1]]) for m in models}
+
+    # one resampling of the rows of z for every model and space (paired), one for the held-out half
+    idx = _resampled_indices(np.random.default_rng([seed, 0]), resamples, sizes.pop())
+    held = next(iter(evaluator.held_out_features.values()))
+    idx_held = _resampled_indices(np.random.default_rng([seed, 1]), resamples, held.shape[0])
+    points: dict[tuple[str, int, str], float] = {}
+    reps: dict[tuple[str, int, str], np.ndarray] = {}
+    floors = {}
+    for space, ref in evaluator.reference.items():
+        boot = bootstrap_frechet({m: features[m][space] for m in models}, ref, idx)
+        for key, n in models:
+            point = by_steps.get(n, {}).get(f"{MODEL_FIELDS[key]}_{space}")
+            if point is None:
+                point = frechet_distance(*gaussian_stats(features[key, n][space]), *ref)
+            points[key, n, space], reps[key, n, space] = point, boot[key, n]
+        floor_reps = bootstrap_frechet({"floor": evaluator.held_out_features[space]}, ref, idx_held)["floor"]
+        floors[space] = list(bootstrap_interval(evaluator.floor[space], floor_reps, level))
+
+    ci_rows = []
+    for n in steps:
+        row = {"steps": n}
+        for key, name in MODEL_FIELDS.items():
+            row[name] = None
+            if (key, n) in features:
+                for space in evaluator.spaces:
+                    ci = list(bootstrap_interval(points[key, n, space], reps[key, n, space], level))
+                    row[f"{name}_{space}"] = ci
+                    row[name] = ci if space == evaluator.metric else row[name]
+        ci_rows.append(row)
+
+    teacher_steps = sorted(samples.get("teacher", {}))
+    ref_steps = teacher_steps[-1] if teacher_steps else None
+    pairs = []
+    for n in steps:
+        if ref_steps is not None and n != ref_steps and ("teacher", n) in features:
+            pairs.append((("teacher", n), ("teacher", ref_steps)))
+        if ref_steps is not None and ("student", n) in features:
+            pairs.append((("student", n), ("teacher", ref_steps)))
+        if ("student", n) in features and ("teacher", n) in features:
+            pairs.append((("student", n), ("teacher", n)))
+    comparisons = []
+    for a, b in pairs:
+        for space in evaluator.spaces:
+            if not points[(*b, space)] > 0:
+                continue
+            r, lo, hi = ratio_interval(
+                points[(*a, space)], reps[(*a, space)], points[(*b, space)], reps[(*b, space)], level
+            )
+            comparisons.append(
+                dict(
+                    name=f"{MODEL_FIELDS[a[0]]}_{a[1]}_vs_{MODEL_FIELDS[b[0]]}_{b[1]}",
+                    space=space,
+                    steps=a[1],
+                    ratio=r,
+                    interval=[lo, hi if math.isfinite(hi) else None],  # None: unbounded
+                    significant=bool(lo > 1.0 or hi < 1.0),
+                )
+            )
+
+    return dict(
+        intervals=dict(
+            level=level,
+            method="paired bootstrap over the samples (rows of z), replicates shifted to the point "
+            "estimate; reference half fixed",
+            resamples=resamples,
+            seed=seed,
+            floor=floors[evaluator.metric],
+            floors=floors,
+            rows=ci_rows,
+        ),
+        comparisons=dict(reference_steps=ref_steps, level=level, rows=comparisons),
+        precision_recall=_precision_recall_section(evaluator, features, steps, k),
+        memorisation=_memorisation_section(evaluator, samples, steps),
+    )
+
+
+def _precision_recall_section(
+    evaluator: Evaluator, features: dict[tuple[str, int], dict[str, np.ndarray]], steps: list[int], k: int
+) -> dict:
+    """`knn_precision_recall` of every model against the reference half in the main space, and
+    of the held-out half (data vs data); None where a set has k rows or fewer."""
+    space = evaluator.metric
+    real, held = evaluator.reference_features[space], evaluator.held_out_features[space]
+    radii = knn_radii(real, k) if 1 <= k < real.shape[0] else None
+
+    def pr(fake: np.ndarray) -> dict | None:
+        if radii is None or not k < fake.shape[0]:
+            return None
+        p, r = knn_precision_recall(real, fake, k, real_radii=radii)
+        return dict(precision=p, recall=r)
+
+    rows = [
+        {
+            "steps": n,
+            **{
+                name: pr(features[key, n][space]) if (key, n) in features else None
+                for key, name in MODEL_FIELDS.items()
+            },
+        }
+        for n in steps
+    ]
+    return dict(space=space, k=k, data=pr(held), rows=rows)
+
+
+def _memorisation_section(
+    evaluator: Evaluator, samples: dict[str, dict[int, Tensor]], steps: list[int]
+) -> dict | None:
+    """Nearest-training-example distances of the samples against held-out ones (pixel space);
+    None without training data."""
+    if evaluator.data is None or evaluator.data.shape[0] < 2:
+        return None
+    train = evaluator.data.reshape(evaluator.data.shape[0], -1)
+    held = leave_one_out_distances(train)
+    median_held, p01 = float(np.median(held)), float(np.quantile(held, 0.01))
+
+    def check(s: Tensor | None) -> dict | None:
+        if s is None:
+            return None
+        d = nearest_distances(s.reshape(s.shape[0], -1), train)
+        return dict(
+            median_distance=float(np.median(d)),
+            median_ratio=float(np.median(d)) / median_held if median_held > 0 else None,
+            below_held_out_p01=float(np.mean(d < p01)),
+        )
+
+    rows = [
+        {"steps": n, **{name: check(samples.get(key, {}).get(n)) for key, name in MODEL_FIELDS.items()}}
+        for n in steps
+    ]
+    return dict(
+        space="pixel",
+        training_examples=int(train.shape[0]),
+        held_out="leave-one-out: each training example's distance to its nearest other one",
+        held_out_median=median_held,
+        held_out_p01=p01,
+        rows=rows,
+    )

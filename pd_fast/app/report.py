@@ -1,44 +1,185 @@
-"""The main job's outputs: the printed table, `report.json`, the quality-vs-steps plot and the
-sample grid. matplotlib is imported inside the plotting functions only (Agg backend, no display)."""
+"""The main job's outputs: the printed tables, `samples.npz`, the quality-vs-steps plot and the
+sample grid (`report.json` is written with `pd_fast.app.checkpoint.save_json`). matplotlib is
+imported inside the plotting functions only (Agg backend, no display)."""
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 
+from .evaluation import MODEL_FIELDS
+
+
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    if interval is None:
+        return f"{value:.4g}"
+    return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]"
+
 
 def format_table(report: dict[str, Any]) -> str:
-    """The table `steps | teacher DDIM | distilled | sampling seconds` of a report, with the floor."""
+    """The table `steps | teacher DDIM | distilled | sampling seconds` of a report, with the floor;
+    each distance with its interval where the report has `intervals`."""
     metric = report["metric"]
-    lines = [
-        f"Fréchet distance ({metric}; lower is better; data-vs-data floor {report['floor']:.4g})",
-        f"{'steps':>6} | {'teacher DDIM':>12} | {'distilled':>10} | {'sampling s':>10}",
-        f"{'-' * 6}-+-{'-' * 12}-+-{'-' * 10}-+-{'-' * 10}",
-    ]
+    intervals = report.get("intervals")
+    by_steps = {r["steps"]: r for r in intervals["rows"]} if intervals else {}
+    floor = _with_interval(report["floor"], intervals["floor"] if intervals else None)
+    cells = []
     for row in report["rows"]:
-        student = "-" if row["student"] is None else f"{row['student']:.4g}"
-        teacher, seconds = row["teacher_ddim"], row["sample_seconds"]
-        lines.append(f"{row['steps']:>6} | {teacher:>12.4g} | {student:>10} | {seconds:>10.3f}")
+        ci = by_steps.get(row["steps"], {})
+        cells.append(
+            (
+                _with_interval(row["teacher_ddim"], ci.get("teacher_ddim")),
+                _with_interval(row["student"], ci.get("student")),
+            )
+        )
+    wt = max([12] + [len(t) for t, _ in cells])
+    ws = max([10] + [len(s) for _, s in cells])
+    lines = [f"Fréchet distance ({metric}; lower is better; data-vs-data floor {floor})"]
+    if intervals:
+        lines.append(
+            f"[low, high]: {intervals['level']:.0%} interval over the {report['eval_samples']} samples "
+            f"(paired bootstrap, {intervals['resamples']} resamplings)"
+        )
+    lines += [
+        f"{'steps':>6} | {'teacher DDIM':>{wt}} | {'distilled':>{ws}} | {'sampling s':>10}",
+        f"{'-' * 6}-+-{'-' * wt}-+-{'-' * ws}-+-{'-' * 10}",
+    ]
+    for row, (teacher, student) in zip(report["rows"], cells, strict=True):
+        lines.append(
+            f"{row['steps']:>6} | {teacher:>{wt}} | {student:>{ws}} | {row['sample_seconds']:>10.3f}"
+        )
     return "\n".join(lines)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+def _ratio_cell(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    lo, hi = c["interval"]
+    high = "inf" if hi is None else f"{hi:.3f}"
+    return f"{c['ratio']:.3f} [{lo:.3f}, {high}]{' *' if c['significant'] else '  '}"
+
+
+def _list_steps(items: list[int]) -> str:
+    return ", ".join(str(n) for n in items) if items else "none"
+
+
+def format_comparisons(report: dict[str, Any], space: str | None = None) -> str:
+    """The ratios of a report's `comparisons` in one space (default: the main metric's) as a
+    table, and which differences are significant, in words."""
+    comp = report["comparisons"]
+    space = space or report["space"]
+    ref = comp["reference_steps"]
+    by = {(c["name"], c["space"]): c for c in comp["rows"]}
+    rows = report["rows"]
+
+    def get(a: str, n: int, b: str, m: int) -> dict | None:
+        return by.get((f"{a}_{n}_vs_{b}_{m}", space))
+
+    heads = (f"teacher(N)/teacher({ref})", f"distilled/teacher({ref})", "distilled/teacher(N)")
+    cells = [
+        (
+            _ratio_cell(get("teacher_ddim", r["steps"], "teacher_ddim", ref)),
+            _ratio_cell(get("student", r["steps"], "teacher_ddim", ref)),
+            _ratio_cell(get("student", r["steps"], "teacher_ddim", r["steps"])),
+        )
+        for r in rows
+    ]
+    w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    lines = [
+        f"Ratios of Fréchet distances ({space}; paired, same noise; {comp['level']:.0%} interval; "
+        "* = significant: the interval excludes 1)",
+        f"{'steps':>6} | " + " | ".join(f"{h:>{w[i]}}" for i, h in enumerate(heads)),
+        f"{'-' * 6}-+-" + "-+-".join("-" * x for x in w),
+    ]
+    for r, c in zip(rows, cells, strict=True):
+        lines.append(f"{r['steps']:>6} | " + " | ".join(f"{c[i]:>{w[i]}}" for i in range(3)))
+    for b, m_of, label in (
+        ("teacher_ddim", lambda n: n, "distilled vs teacher DDIM at the same N"),
+        ("teacher_ddim", lambda n: ref, f"distilled vs teacher {ref}-step DDIM"),
+    ):
+        found = [(r["steps"], get("student", r["steps"], b, m_of(r["steps"]))) for r in rows]
+        found = [(n, c) for n, c in found if c is not None]
+        if not found:
+            continue
+        better = [n for n, c in found if c["significant"] and c["ratio"] < 1]
+        worse = [n for n, c in found if c["significant"] and c["ratio"] > 1]
+        same = [n for n, c in found if not c["significant"]]
+        lines.append(
+            f"{label}: significantly better at N = {_list_steps(better)}; significantly worse at "
+            f"N = {_list_steps(worse)}; no significant difference at N = {_list_steps(same)}."
+        )
+    return "\n".join(lines)
+
+
+def format_quality_checks(report: dict[str, Any]) -> str:
+    """Precision/recall and the memorisation check of a report, as one table."""
+    pr, memo = report["precision_recall"], report.get("memorisation")
+    lines = [f"k-NN precision / recall (k = {pr['k']}, {pr['space']} features; higher is better)"]
+    if pr["data"] is not None:
+        lines[0] += f"; data vs data: {pr['data']['precision']:.3f} / {pr['data']['recall']:.3f}"
+    if memo is not None:
+        lines.append(
+            f"memorisation ({memo['space']}): median nearest-training-example distance / held-out's "
+            f"({memo['held_out_median']:.3g}, leave-one-out over {memo['training_examples']} examples), "
+            "and the fraction of samples closer than held-out's 1st percentile (about 0.01 if nothing "
+            "is copied)"
+        )
+    memo_by = {r["steps"]: r for r in memo["rows"]} if memo else {}
+
+    def cell(field: str, row: dict) -> tuple[str, str]:
+        p = row.get(field)
+        m = memo_by.get(row["steps"], {}).get(field)
+        a = "-" if p is None else f"{p['precision']:.3f} / {p['recall']:.3f}"
+        b = (
+            "-"
+            if m is None or m["median_ratio"] is None
+            else f"{m['median_ratio']:.3f}, {m['below_held_out_p01']:.3f}"
+        )
+        return a, b
+
+    heads = ("teacher P / R", "distilled P / R", "teacher memo", "distilled memo")
+    cells = []
+    for row in pr["rows"]:
+        (tp, tm), (sp, sm) = cell("teacher_ddim", row), cell("student", row)
+        cells.append((tp, sp, tm, sm))
+    w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    lines += [
+        f"{'steps':>6} | " + " | ".join(f"{h:>{w[i]}}" for i, h in enumerate(heads)),
+        f"{'-' * 6}-+-" + "-+-".join("-" * x for x in w),
+    ]
+    for row, c in zip(pr["rows"], cells, strict=True):
+        lines.append(f"{row['steps']:>6} | " + " | ".join(f"{c[i]:>{w[i]}}" for i in range(4)))
+    return "\n".join(lines)
+
+
+def write_samples(path: str, samples: dict[str, dict[int, Tensor]]) -> None:
+    """Write the scored samples to an `.npz` atomically: `x_teacher_ddim_N<N>` and
+    `x_student_ddim_N<N>`, float32 (n, ...) in [-1, 1], as `evaluate_models` returned them."""
+    from .checkpoint import atomic_write_bytes
+
+    names = {"teacher": "x_teacher_ddim_N", "student": "x_student_ddim_N"}
+    arrays = {
+        f"{names[key]}{n}": s.detach().cpu().float().numpy()
+        for key in MODEL_FIELDS
+        for n, s in sorted(samples.get(key, {}).items())
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_quality(report: dict[str, Any], path: str) -> None:
     """Quality against steps on a log2 axis: the teacher's DDIM line, the distilled students, and
-    the data-vs-data floor (one panel per feature space in the report)."""
+    the data-vs-data floor (one panel per feature space in the report). Where the report has
+    `intervals` and `comparisons`: error bars, a shaded floor band, and a last panel with the
+    paired ratios to the teacher at the most steps (the comparison the bars of the other panels,
+    which ignore the pairing, understate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,26 +187,107 @@ def plot_quality(report: dict[str, Any], path: str) -> None:
 
     main = report.get("space", report["spaces"][0])
     spaces = [main] + [s for s in report["spaces"] if s != main]
-    fig, axes = plt.subplots(1, len(spaces), figsize=(5.5 * len(spaces), 4), squeeze=False)
-    for ax, space in zip(axes[0], spaces, strict=True):
-        rows = report["rows"]
+    intervals, comparisons = report.get("intervals"), report.get("comparisons")
+    ci_by = {r["steps"]: r for r in intervals["rows"]} if intervals else {}
+    panels = len(spaces) + (1 if comparisons else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    rows = report["rows"]
+    for ax, space in zip(axes[0], spaces, strict=False):
         key_t, key_s, floor = f"teacher_ddim_{space}", f"student_{space}", report["floors"][space]
-        steps = [r["steps"] for r in rows]
-        ax.plot(steps, [r[key_t] for r in rows], "o-", label="teacher, DDIM")
-        srows = [r for r in rows if r.get(key_s) is not None]
-        if srows:
-            ax.plot([r["steps"] for r in srows], [r[key_s] for r in srows], "s-", label="distilled student")
+        # students drawn a little to the right, so that the two sets of bars do not overlap
+        for key, fmt, label, dx in (
+            (key_t, "o-", "teacher, DDIM", 1.0),
+            (key_s, "s-", "distilled student", 2**0.1),
+        ):
+            have = [r for r in rows if r.get(key) is not None]
+            if not have:
+                continue
+            x, y = [r["steps"] * dx for r in have], [r[key] for r in have]
+            cis = [ci_by.get(r["steps"], {}).get(key) for r in have]
+            if intervals and all(c is not None for c in cis):
+                err = np.array([[v - c[0], c[1] - v] for v, c in zip(y, cis, strict=True)]).T
+                ax.errorbar(x, y, yerr=err, fmt=fmt, capsize=3, label=label)
+            else:
+                ax.plot(x, y, fmt, label=label)
         ax.axhline(floor, color="gray", ls="--", label="data vs data (floor)")
+        if intervals:
+            lo, hi = intervals["floors"][space]
+            ax.axhspan(max(lo, 1e-12), hi, color="gray", alpha=0.12, lw=0, label="floor's interval")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sampling steps")
         ax.set_ylabel(f"Fréchet distance ({space})")
-        ax.set_title(f"{report.get('data', '')}: quality vs steps ({space})")
+        title = f"{report.get('data', '')}: quality vs steps ({space})"
+        if intervals:
+            title += (
+                f"\nbars: {intervals['level']:.0%} intervals over {report.get('eval_samples', '')} samples"
+            )
+        ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    if comparisons:
+        _plot_ratios(axes[0][-1], report, main)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_ratios(ax: Any, report: dict[str, Any], space: str) -> None:
+    """Each model's Fréchet distance over the teacher's at the most steps, with the paired
+    intervals; points above the axis are drawn as arrows at its top, with their value."""
+    comp = report["comparisons"]
+    ref = comp["reference_steps"]
+    by = {c["name"]: c for c in comp["rows"] if c["space"] == space}
+    lines = []
+    for field, fmt, label, dx in (
+        ("teacher_ddim", "o-", "teacher, DDIM", 1.0),
+        ("student", "s-", "distilled student", 2**0.1),
+    ):
+        have = [(r["steps"], by.get(f"{field}_{r['steps']}_vs_teacher_ddim_{ref}")) for r in report["rows"]]
+        lines.append((fmt, label, dx, [(n, c) for n, c in have if c is not None]))
+    student_highs = [c["interval"][1] or c["ratio"] for _, c in lines[1][3]]
+    top = min(5.0, max([1.5] + [1.05 * h for h in student_highs]))
+    bottom = min([0.95] + [c["interval"][0] - 0.02 for _, _, _, pts in lines for _, c in pts])
+    for fmt, label, dx, pts in lines:
+        if not pts:
+            continue
+        x = np.array([n * dx for n, _ in pts], dtype=float)
+        y = np.array([c["ratio"] for _, c in pts])
+        lo = np.array([c["interval"][0] for _, c in pts])
+        hi = np.array([top * 2 if c["interval"][1] is None else c["interval"][1] for _, c in pts])
+        shown = y <= top
+        color = ax.plot(x[shown], y[shown], fmt, label=label)[0].get_color()
+        ax.errorbar(
+            x[shown],
+            y[shown],
+            yerr=[y[shown] - lo[shown], hi[shown] - y[shown]],
+            fmt="none",
+            ecolor=color,
+            capsize=3,
+        )
+        for xi, yi in zip(x[~shown], y[~shown], strict=True):
+            ax.plot([xi], [top], "^", color=color)
+            ax.annotate(
+                f"{yi:.3g}",
+                (xi, top),
+                textcoords="offset points",
+                xytext=(0, -12),
+                ha="center",
+                fontsize=7,
+                color=color,
+            )
+    ax.axhline(1.0, color="gray", ls="--", label=f"teacher, {ref}-step DDIM")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom, top)
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"Fréchet distance / teacher's at {ref} steps")
+    ax.set_title(
+        f"ratio to the teacher's {ref}-step DDIM ({space})\nbars: paired {comp['level']:.0%} intervals "
+        "(same noise)",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def plot_samples(

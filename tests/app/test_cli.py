@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pd_fast.app.cli import main
+from pd_fast.app.data import load_data
+from pd_fast.app.evaluation import make_evaluator
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = (
@@ -49,6 +52,65 @@ def test_tiny_job_writes_report_plots_and_checkpoints(tiny_run):
     assert _is_png(tiny_run / "quality_vs_steps.png") and _is_png(tiny_run / "samples.png")
     for name in ("teacher", "student_2", "student_1"):
         assert (tiny_run / "checkpoints" / f"{name}.safetensors").is_file()
+
+
+def test_tiny_job_keeps_the_scored_samples(tiny_run):
+    """samples.npz holds every scored sample set, float32 in [-1, 1]; scoring them again with the
+    run's classifier reproduces the report's distances (they are the samples that were scored)."""
+    report = json.loads((tiny_run / "report.json").read_text())
+    with np.load(tiny_run / "samples.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    expected = {f"x_teacher_ddim_N{n}" for n in (1, 2, 4)} | {f"x_student_ddim_N{n}" for n in (1, 2)}
+    assert set(arrays) == expected
+    for x in arrays.values():
+        assert x.dtype == np.float32 and x.shape == (report["eval_samples"], 1, 8, 8)
+        assert np.abs(x).max() <= 1.0
+    data = load_data("digits", seed=0)
+    ev = make_evaluator(data.x, data.labels, seed=0, cache_dir=str(tiny_run))  # the run's classifier
+    for row in report["rows"]:
+        for key, name in (("teacher_ddim", "x_teacher_ddim"), ("student", "x_student_ddim")):
+            if row[key] is not None:
+                again = ev.distances(torch.from_numpy(arrays[f"{name}_N{row['steps']}"]))
+                assert again["classifier"] == pytest.approx(row[key], rel=1e-6)
+                assert again["pixel"] == pytest.approx(row[f"{key}_pixel"], rel=1e-6)
+    assert not list(tiny_run.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_tiny_job_reports_intervals_comparisons_and_quality_checks(tiny_run):
+    report = json.loads((tiny_run / "report.json").read_text())
+    ci = {r["steps"]: r for r in report["intervals"]["rows"]}
+    assert report["intervals"]["level"] == 0.95 and report["intervals"]["resamples"] == 1000
+    for row in report["rows"]:
+        for key in ("teacher_ddim", "student", "teacher_ddim_pixel", "student_pixel"):
+            if row.get(key) is not None:
+                lo, hi = ci[row["steps"]][key]
+                assert 0.0 <= lo <= row[key] <= hi
+    lo, hi = report["intervals"]["floor"]
+    assert 0.0 <= lo <= report["floor"] <= hi
+    comps = {(c["name"], c["space"]): c for c in report["comparisons"]["rows"]}
+    assert report["comparisons"]["reference_steps"] == 4
+    for n in (1, 2):
+        for space in ("classifier", "pixel"):
+            for name in (f"student_{n}_vs_teacher_ddim_4", f"student_{n}_vs_teacher_ddim_{n}"):
+                c = comps[name, space]
+                assert c["interval"][0] <= c["ratio"] and isinstance(c["significant"], bool)
+    assert ("teacher_ddim_1_vs_teacher_ddim_4", "classifier") in comps
+    target = {t["name"]: t for t in report["targets"]}["student_1_vs_teacher_4"]
+    assert target["interval"] == comps["student_1_vs_teacher_ddim_4", "classifier"]["interval"]
+    pr = report["precision_recall"]
+    assert pr["k"] == 3 and pr["space"] == "classifier" and 0.5 < pr["data"]["recall"] <= 1.0
+    assert [r["steps"] for r in pr["rows"]] == [1, 2, 4] and pr["rows"][2]["student"] is None
+    memo = report["memorisation"]
+    assert memo["training_examples"] == 1797 and memo["rows"][0]["student"]["median_ratio"] > 0
+
+
+def test_printed_report_shows_intervals_and_significance(tiny_run, capsys):
+    assert main(["--resume", "--out", str(tiny_run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "95% interval over the 898 samples" in out and "[" in out
+    assert "distilled vs teacher DDIM at the same N: significantly better at N = " in out
+    assert "distilled vs teacher 4-step DDIM:" in out
+    assert "k-NN precision / recall" in out and "memorisation" in out
 
 
 def test_resume_of_a_finished_run_gives_the_same_report(tiny_run):
