@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._backend import backend_for, kernels
@@ -101,40 +102,45 @@ def _two_step_torch(z_t: torch.Tensor, z_tpp: torch.Tensor, ratio: torch.Tensor,
     return (z_tpp.float() - per_example(ratio.float(), nd) * z_t.float()) / per_example(den.float(), nd)
 
 
-def student_grid_index(t: torch.Tensor, steps: int, resolution: float = 0.0) -> torch.Tensor:
-    """`i` (int64) with `t = i / steps`, `1 <= i <= steps`; ValueError if t is off the grid.
-    `resolution`: the relative rounding of t's original dtype (0 for float64 input)."""
+def student_grid_index(t: np.ndarray, steps: int, resolution: float = 0.0) -> np.ndarray:
+    """`i` (float64 integers) with `t = i / steps`, `1 <= i <= steps`, for float64 times `t` (B,)
+    in [0, 1]; ValueError if t is off the grid. `resolution`: the relative rounding of t's
+    original dtype (0 for float64 input)."""
     tol = 1e-6 + 2.0 * resolution * steps  # in units of the grid spacing
     if tol >= 0.25:
         raise ValueError(f"t's dtype cannot resolve the grid i/{steps}: pass t as float32 or float64")
     scaled = t * steps
-    i = torch.round(scaled)
-    if bool(((torch.abs(scaled - i) > tol) | (i < 1)).any()):
+    i = np.rint(scaled)
+    if np.abs(scaled - i).max(initial=0.0) > tol or i.min(initial=1.0) < 1:
         raise ValueError(f"t must lie on the student grid i/{steps}, i in 1..{steps}")
-    return i.long()
+    return i
 
 
 def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
-    """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time."""
+    """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time.
+
+    The (B,) times live on the host, in NumPy (an op on a hundred floats costs about a
+    microsecond there, several in torch), and go to the device with the coefficients in one copy."""
     steps = steps_count(steps)
     param = param_name(param)
     z_t = tensor("z_t", z_t)
     batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
     floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
     resolution = torch.finfo(t.dtype).eps if floating else 0.0
-    t = batch_times(t, batch).cpu()
-    i = student_grid_index(t.reshape(-1).expand(batch), steps, resolution)
+    t = np.broadcast_to(batch_times(t, batch).cpu().numpy().reshape(-1), (batch,))
+    i = student_grid_index(t, steps, resolution)
     t = i / steps  # float64, exactly on the grid even when t came in float32
-    final = i == 1
+    final = torch.from_numpy(i == 1)
     t_p, t_pp = t - 0.5 / steps, (i - 1) / steps
-    alpha, sigma = on_cpu(schedule.alpha_sigma(torch.cat([t, t_p, t_pp])))
+    alpha, sigma = on_cpu(schedule.alpha_sigma(torch.from_numpy(np.concatenate([t, t_p, t_pp]))))
     (alpha_t, alpha_p, alpha_pp), (sigma_t, sigma_p, sigma_pp) = alpha.split(batch), sigma.split(batch)
     # final interval: the second "step" lands on the teacher's x_hat at t' (official `dpm.py`)
-    alpha_pp = torch.where(final, 1.0, alpha_pp)
-    sigma_pp = torch.where(final, 0.0, sigma_pp)
+    alpha_pp = alpha_pp.masked_fill(final, 1.0)
+    sigma_pp = sigma_pp.masked_fill(final, 0.0)
     # One copy to the device (no host sync). The returned coefficients keep their CPU copies, so
     # that checking them later (fused_distill_loss, two_step_target) needs no device sync either.
-    host = [alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp, t, t_p]
+    times = [torch.from_numpy(t), torch.from_numpy(t_p)]
+    host = [alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp, *times]
     block = to_device(host, device, torch.float64)
     alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp, t, t_p = block.unbind(0)
     for value, copy in zip((alpha_t, sigma_t, alpha_pp, sigma_pp), host[:2] + host[4:6], strict=True):
