@@ -16,6 +16,7 @@ import sys
 import tempfile
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -419,3 +420,24 @@ def test_k_diffusion_wrapper_is_the_v_model_in_the_variance_exploding_view(scrip
     sigmas = steps_vs_latency.k_sigmas(8, pd_fast.CosineSchedule(), torch.device("cpu")).double().numpy()
     a8, s8 = ref.alpha_sigma(np.arange(8, 0, -1) / 8)
     np.testing.assert_allclose(sigmas, np.append(s8 / a8, 0.0), rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_captured_benchmark_graphs_replay_correctly_after_their_inputs_go_out_of_scope(scripts):
+    """A graph captured by `_common.capture` reads tensors only its closure owns; replays after
+    other allocations and `empty_cache()` still compute the right thing."""
+    import _common
+
+    device = torch.device("cuda")
+
+    def make() -> Any:
+        a = torch.arange(1 << 16, device=device, dtype=torch.float32)
+        return _common.capture(lambda: a * 2.0 + 1.0, device)
+
+    replay = make()
+    junk = [torch.full((1 << 16,), 7.0, device=device) for _ in range(16)]
+    del junk
+    torch.cuda.empty_cache()
+    expected = torch.arange(1 << 16, device=device, dtype=torch.float32) * 2.0 + 1.0
+    for _ in range(3):
+        torch.testing.assert_close(replay(), expected, rtol=0, atol=0)

@@ -4,13 +4,18 @@ size, and its bad input. The CUDA-graph path is tested in tests/fast/test_gpu.py
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import types
+import weakref
+
 import numpy as np
 import pytest
 import torch
 
 import pd_fast
 import pd_ref
-from pd_fast import sampling
+from pd_fast import _engine, sampling
 from tests.fast_support import (
     DTYPES,
     as_torch,
@@ -123,3 +128,86 @@ def test_sampler_bad_input_raises_value_error_naming_the_argument(pattern):
     with pytest.raises(ValueError, match=pattern):
         run = pd_fast.Sampler(*positional, **args)
         call(run)
+
+
+class _StandInCuda:
+    """Enough of torch.cuda for `_engine.CapturedLoop` on CPU tensors: the capture context runs its
+    code eagerly (so `x_hat` is what the captured run computed), a replay is only logged."""
+
+    def __init__(self, monkeypatch, registers: bool = True) -> None:
+        self.log: list = []
+        log = self.log
+
+        class Stream:
+            def __init__(self, device=None) -> None:
+                log.append(("new stream", self))
+
+            def wait_stream(self, other) -> None:
+                pass
+
+        class Graph:
+            def replay(self) -> None:
+                log.append("replay")
+
+        if registers:
+            Graph.register_generator_state = lambda self, g: log.append(("register", g))
+
+        @contextlib.contextmanager
+        def stream(s):
+            log.append(("on", s))
+            yield
+
+        @contextlib.contextmanager
+        def graph(g, pool=None, stream=None, capture_error_mode="global"):
+            log.append(("capture on", stream))
+            yield
+
+        current = types.SimpleNamespace(wait_stream=lambda other: None)
+        cuda = {"Stream": Stream, "CUDAGraph": Graph, "stream": stream, "graph": graph,
+                "current_stream": lambda device=None: current, "device": lambda d: contextlib.nullcontext(),
+                "current_device": lambda: 0, "default_generators": (torch.default_generator,)}  # fmt: skip
+        for name, value in cuda.items():
+            monkeypatch.setattr(torch.cuda, name, value, raising=False)
+
+
+def _ancestral_plan(z: torch.Tensor):
+    rule = sampling.step_rule("ancestral", 0.0, "fixed_small")
+    return _engine.plan(z, 5, pd_fast.CosineSchedule(), rule, "torch")
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_captured_loop_undoes_its_warm_up_draws_and_holds_its_inputs(monkeypatch, seeded):
+    """The graph path's bookkeeping, through a stand-in for torch.cuda: warm-up and capture on
+    one explicit side stream, the generator registered (a seeded one; torch registers the
+    default), its state before the warm-up restored so that the captured run draws what an eager
+    run draws, and every input of the graph held by the object."""
+    cuda = _StandInCuda(monkeypatch)
+    z = torch.randn(2, *SHAPE)
+    plan = _ancestral_plan(z)
+    gen = torch.Generator().manual_seed(3) if seeded else None
+    torch.manual_seed(4)
+    captured = _engine.CapturedLoop(gaussian_model("v"), z, plan, "v", False, gen, "torch")
+    torch.manual_seed(4)
+    fresh = torch.Generator().manual_seed(3) if seeded else None
+    eager = _engine.loop(gaussian_model("v"), z, plan, "v", False, fresh, "torch")
+    torch.testing.assert_close(captured.x_hat, eager, rtol=0, atol=0)
+    side = cuda.log[0][1]
+    assert cuda.log == [("new stream", side), ("on", side)] + ([("register", gen)] if seeded else []) + [
+        ("capture on", side)
+    ]
+    alive = weakref.ref(plan)
+    del plan
+    gc.collect()
+    assert alive() is captured.plan
+    out = captured(torch.zeros_like(z))
+    assert cuda.log[-1] == "replay" and torch.equal(captured.static_z, torch.zeros_like(z))
+    assert out.data_ptr() != captured.x_hat.data_ptr()  # a copy: the next replay overwrites x_hat
+
+
+def test_seeded_graph_on_a_torch_without_generator_registration_is_refused(monkeypatch):
+    _StandInCuda(monkeypatch, registers=False)
+    z = torch.randn(2, *SHAPE)
+    with pytest.raises(ValueError, match=r"needs torch >= 2\.4"):
+        _engine.CapturedLoop(
+            gaussian_model("v"), z, _ancestral_plan(z), "v", False, torch.Generator(), "torch"
+        )
