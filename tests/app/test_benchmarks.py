@@ -12,6 +12,7 @@ import importlib
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import weakref
@@ -123,7 +124,9 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
         assert vs[r["backend"]][str(r["batch"])] == pytest.approx(ratio, rel=1e-3)
 
 
-def test_quick_runs_write_to_a_temporary_folder_not_the_committed_results(scripts, monkeypatch, tmp_path):
+def test_quick_runs_write_to_a_temporary_folder_not_the_committed_results(
+    scripts, distill, monkeypatch, tmp_path
+):
     """`--quick` without `--out` leaves benchmarks/results/ alone."""
     steps_vs_latency, kernels = scripts
     import _common
@@ -141,6 +144,9 @@ def test_quick_runs_write_to_a_temporary_folder_not_the_committed_results(script
         ["--quick", *argv.split(), "--overhead-batches", "1", "--overhead-steps", "2"]
     )
     assert Path(payload["settings"]["out"]) != out and Path(payload["settings"]["out"]).exists()
+    payload = distill.main(["--quick", "--models", "mlp", "--memory", "off"])
+    assert Path(payload["settings"]["out"]).parent == Path(tempfile.gettempdir())
+    assert {r["impl"] for r in payload["rows"]} == {"pd_fast", "eager"}
     assert not committed.exists()
     assert kernels.main([*tiny.split(), "--out", str(tmp_path / "given")])["settings"]["out"] == str(
         tmp_path / "given"
@@ -441,3 +447,14 @@ def test_captured_benchmark_graphs_replay_correctly_after_their_inputs_go_out_of
     expected = torch.arange(1 << 16, device=device, dtype=torch.float32) * 2.0 + 1.0
     for _ in range(3):
         torch.testing.assert_close(replay(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_stops_with_a_clear_line_without_cuda(tmp_path):
+    run = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")], env={**os.environ, "OUT": str(tmp_path / "out")},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "no CUDA device" in run.stdout and "nothing was run" in run.stdout
+    assert not (tmp_path / "out").exists()
