@@ -30,15 +30,18 @@ z_s) as the sampler runs them. Backends:
   captures and replays once. Its network and update times are replays of graphs of 16 calls, over 16.
 
 Every backend's x_hat after 4 steps is compared with pd_ref's (`max_abs_diff_vs_pd_ref_at_4_steps`)
-before it is timed. Per point: `--warmup` untimed runs (dropped for long runs), then up to
-`--repeats` timed runs within `--budget` seconds; the median is reported.
+before it is timed. Per point (model and N): `--warmup` untimed runs of each backend (dropped for
+long runs), then rounds in which every backend runs once, in turns (so that all see the same load
+on a shared machine), up to `--repeats` rounds or `--budget` seconds per backend; the median is
+reported.
 
 Overhead mode (`--mode overhead` or `both`, the default): the network is trivial (`out = 0.5*z`,
 one multiply; NumPy for pd_ref), so that a step's time is the sampler's own per-step cost; every
 backend samples N = `--overhead-steps` (256) steps at each batch of `--overhead-batches`
-(1, 64, 4096) of 8x8 images. The JSON's `overhead_us_per_step` holds `{backend: {batch: us}}`
-(total time / N, the trivial network's multiply included for every backend alike) and
-`overhead_vs_diffusers` diffusers' time over each backend's.
+(1, 64, 4096) of 8x8 images, the backends timed in turns as above. The JSON's
+`overhead_us_per_step` holds `{backend: {batch: us}}` (total time / N, the trivial network's
+multiply included for every backend alike) and `overhead_vs_diffusers` diffusers' time over each
+backend's.
 
 Writes `steps_vs_latency.json` and `steps_vs_latency.png` into `--out` (default
 `benchmarks/results/`; a `--quick` run writes into a new temporary folder). Times depend on the
@@ -523,9 +526,10 @@ def per_call(samples: list[float], bk: Backend, which: str) -> float:
     return statistics.median(samples) / divisor
 
 
-def bench_backend(
-    bk: Backend, kind: str, model: nn.Module, z: torch.Tensor, args: argparse.Namespace, reference: np.ndarray
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def calibrate(
+    bk: Backend, kind: str, model: nn.Module, z: torch.Tensor, reference: np.ndarray
+) -> dict[str, Any]:
+    """A backend's warm-up, its check against pd_ref, and its network and update times."""
     device = z.device
     with _common.env("PD_FAST_BACKEND", bk.env):
         warm = bk.prepare(2)
@@ -546,40 +550,92 @@ def bench_backend(
             pd_fast.sample(model, z, 64, pd_fast.CosineSchedule(), PARAM, cuda_graph=True)
             _common.sync(device)
             info["capture_ms_64_steps"] = _common.finite_or_none((time.perf_counter() - begin) * 1e3)
-        diff = info[f"max_abs_diff_vs_pd_ref_at_{CHECK_STEPS}_steps"]
-        print(
-            f"{bk.name:>13} / {kind}: network {network_ms:.3g} ms, update {update_ms:.3g} ms, "
-            f"max |x_hat - pd_ref| {diff:.2g}; N =",
-            end="",
-            flush=True,
-        )
-        rows = []
-        last_ms, last_n = None, None
-        for n in args.steps:
-            print(f" {n}", end="", flush=True)
-            run = bk.prepare(n)
-            long = last_ms is not None and last_ms * n / last_n > args.budget / 4 * 1e3
-            samples = _common.measure(
-                run, device, warmup=0 if long else args.warmup, repeats=args.repeats, budget_s=args.budget
-            )
-            total = statistics.median(samples)
-            last_ms, last_n = total, n
+    print(
+        f"{bk.name:>13} / {kind}: network {network_ms:.3g} ms, update {update_ms:.3g} ms, "
+        f"max |x_hat - pd_ref| {max_diff:.2g}",
+        flush=True,
+    )
+    return info
+
+
+def side_by_side(
+    backends: list[Backend],
+    steps: int,
+    device: torch.device,
+    args: argparse.Namespace,
+    long: set[str],
+    skip: Callable[[str, Exception, str], None],
+    where: str,
+) -> dict[str, list[float]]:
+    """ms of N-step sampling per backend: all backends timed in turns, one run each per round (the
+    order reversed every other round), so that they share the machine's load; `--warmup` untimed
+    runs first (none for the backends in `long`); rounds stop after `--repeats` or once the runs
+    took `--budget` seconds per backend. A backend that fails is reported and dropped."""
+    runs, samples = {}, {}
+    for bk in backends:
+        try:
+            with _common.env("PD_FAST_BACKEND", bk.env):
+                runs[bk.name] = bk.prepare(steps)
+                for _ in range(0 if bk.name in long else args.warmup):
+                    runs[bk.name]()
+            samples[bk.name] = []
+        except Exception as err:
+            skip(bk.name, err, where)
+    live = [bk for bk in backends if bk.name in runs]
+    spent = 0.0
+    for r in range(args.repeats):
+        for bk in live if r % 2 == 0 else live[::-1]:
+            if bk.name not in runs:
+                continue
+            try:
+                with _common.env("PD_FAST_BACKEND", bk.env):
+                    ms = _common.time_once(runs[bk.name], device)
+            except Exception as err:
+                skip(bk.name, err, where)
+                del runs[bk.name], samples[bk.name]
+                continue
+            samples[bk.name].append(ms)
+            spent += ms
+        if spent > 1e3 * args.budget * max(1, len(runs)):
+            break
+    return samples
+
+
+def latency_rows(
+    backends: list[tuple[Backend, dict[str, Any]]],
+    kind: str,
+    z: torch.Tensor,
+    args: argparse.Namespace,
+    skip: Callable[[str, Exception, str], None],
+) -> list[dict[str, Any]]:
+    """For every N, every backend's N-step sampling timed side by side (`side_by_side`)."""
+    rows, last = [], {}
+    info = {bk.name: i for bk, i in backends}
+    live = [bk for bk, _ in backends]
+    print(f"{kind}: N =", end="", flush=True)
+    for n in args.steps:
+        print(f" {n}", end="", flush=True)
+        long = {name for name, (ms, m) in last.items() if ms * n / m > args.budget / 4 * 1e3}
+        samples = side_by_side(live, n, z.device, args, long, skip, f"model {kind}")
+        live = [bk for bk in live if bk.name in samples]
+        for bk in live:
+            total = statistics.median(samples[bk.name])
+            last[bk.name] = (total, n)
             per_step = total / n
+            network_ms, update_ms = info[bk.name]["network_ms"], info[bk.name]["update_ms"]
             rows.append({
                 "backend": bk.name, "model": kind, "batch": z.shape[0], "steps": n,
                 "total_ms": _common.finite_or_none(total),
                 "per_step_ms": _common.finite_or_none(per_step),
-                "network_ms": _common.finite_or_none(network_ms),
-                "update_ms": _common.finite_or_none(update_ms),
+                "network_ms": network_ms, "update_ms": update_ms,
                 "update_share": _common.finite_or_none(update_ms / per_step, 3),
                 "other_ms": _common.finite_or_none(per_step - network_ms - update_ms),
-                "total_ms_min": _common.finite_or_none(min(samples)),
-                "total_ms_max": _common.finite_or_none(max(samples)),
-                "repeats": len(samples),
+                "total_ms_min": _common.finite_or_none(min(samples[bk.name])),
+                "total_ms_max": _common.finite_or_none(max(samples[bk.name])),
+                "repeats": len(samples[bk.name]),
             })  # fmt: skip
-            del run
-        print(flush=True)
-    return rows, info
+    print(flush=True)
+    return rows
 
 
 COLUMNS = [
@@ -747,26 +803,29 @@ def run_overhead(
         gen = torch.Generator().manual_seed(2)
         z = torch.randn((batch, *OVERHEAD_SHAPE), generator=gen).to(device)
         reference = make_pd_ref(model, z, scale_np).prepare(CHECK_STEPS)()
+        checked, diffs = [], {}
         for name in args.backends:
             try:
                 bk = make_backend(name, model, z, scale_np)
                 with _common.env("PD_FAST_BACKEND", bk.env):
-                    diff = check_against_pd_ref(bk, reference)
-                    run = bk.prepare(n)
-                    samples = _common.measure(
-                        run, device, warmup=1, repeats=args.repeats, budget_s=args.budget
-                    )
+                    diffs[name] = check_against_pd_ref(bk, reference)
             except Exception as err:
                 skip(name, err, f"overhead batch {batch}")
                 continue
-            total = statistics.median(samples)
+            checked.append(bk)
+        warm = argparse.Namespace(**{**vars(args), "warmup": max(1, args.warmup)})
+        samples = side_by_side(checked, n, device, warm, set(), skip, f"overhead batch {batch}")
+        for bk in checked:
+            if bk.name not in samples:
+                continue
+            total = statistics.median(samples[bk.name])
             rows.append({
-                "backend": name, "batch": batch, "steps": n, "total_ms": _common.finite_or_none(total),
+                "backend": bk.name, "batch": batch, "steps": n, "total_ms": _common.finite_or_none(total),
                 "us_per_step": _common.finite_or_none(total / n * 1e3),
-                f"max_abs_diff_vs_pd_ref_at_{CHECK_STEPS}_steps": _common.finite_or_none(diff, 3),
-                "repeats": len(samples),
+                f"max_abs_diff_vs_pd_ref_at_{CHECK_STEPS}_steps": _common.finite_or_none(diffs[bk.name], 3),
+                "repeats": len(samples[bk.name]),
             })  # fmt: skip
-            print(f"  {name:>13} batch {batch}: {total / n * 1e3:.3g} us/step", flush=True)
+            print(f"  {bk.name:>13} batch {batch}: {total / n * 1e3:.3g} us/step", flush=True)
     return rows
 
 
@@ -845,15 +904,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             model, z = build(kind, args, device)
             models[kind] = model_summary(model, z)
             reference = make_pd_ref(model, z).prepare(CHECK_STEPS)()
+            calibrated = []
             for name in args.backends:
                 try:
                     bk = make_backend(name, model, z)
-                    new_rows, info = bench_backend(bk, kind, model, z, args, reference)
+                    info = calibrate(bk, kind, model, z, reference)
                 except Exception as err:
                     skip(name, err, f"model {kind}")
                     continue
-                rows.extend(new_rows)
+                calibrated.append((bk, info))
                 backends[f"{name}/{kind}"] = info
+            rows += latency_rows(calibrated, kind, z, args, skip)
         overhead_rows = []
         if args.mode != "latency":
             overhead_rows = run_overhead(args, device, skip)
