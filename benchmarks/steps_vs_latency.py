@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overhead-steps", type=int, default=None, help="N of the overhead mode (default 256; --quick 16)"
     )
     p.add_argument(
+        "--overhead-repeats",
+        type=int,
+        default=None,
+        help="timed rounds of the overhead mode (default 15; --quick 3), within --budget",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -194,6 +200,8 @@ def settle(args: argparse.Namespace) -> argparse.Namespace:
         args.overhead_batches = [1, 64] if quick else [1, 64, 4096]
     if args.overhead_steps is None:
         args.overhead_steps = 16 if quick else 256
+    if args.overhead_repeats is None:
+        args.overhead_repeats = 3 if quick else 15
     if args.overhead_steps < 1:
         raise ValueError(f"--overhead-steps must be >= 1, got {args.overhead_steps}")
     args.out = _common.out_dir(args.out, quick)
@@ -206,6 +214,7 @@ def settle(args: argparse.Namespace) -> argparse.Namespace:
         "unet_ch",
         "unet_blocks",
         "repeats",
+        "overhead_repeats",
     ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -566,19 +575,21 @@ def side_by_side(
     long: set[str],
     skip: Callable[[str, Exception, str], None],
     where: str,
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]] | None]:
     """ms of N-step sampling per backend: all backends timed in turns, one run each per round (the
     order reversed every other round), so that they share the machine's load; `--warmup` untimed
     runs first (none for the backends in `long`); rounds stop after `--repeats` or once the runs
-    took `--budget` seconds per backend. A backend that fails is reported and dropped."""
-    runs, samples = {}, {}
+    took `--budget` seconds per backend. A backend that fails is reported and dropped. Returns the
+    wall-clock samples and, on a CPU with one torch thread, the thread's CPU time of each run (what
+    the run itself costs, without the time it waits for a core on a shared machine)."""
+    runs, samples, cpu = {}, {}, {}
     for bk in backends:
         try:
             with _common.env("PD_FAST_BACKEND", bk.env):
                 runs[bk.name] = bk.prepare(steps)
                 for _ in range(0 if bk.name in long else args.warmup):
                     runs[bk.name]()
-            samples[bk.name] = []
+            samples[bk.name], cpu[bk.name] = [], []
         except Exception as err:
             skip(bk.name, err, where)
     live = [bk for bk in backends if bk.name in runs]
@@ -589,16 +600,18 @@ def side_by_side(
                 continue
             try:
                 with _common.env("PD_FAST_BACKEND", bk.env):
+                    begin = time.thread_time()
                     ms = _common.time_once(runs[bk.name], device)
+                    cpu[bk.name].append((time.thread_time() - begin) * 1e3)
             except Exception as err:
                 skip(bk.name, err, where)
-                del runs[bk.name], samples[bk.name]
+                del runs[bk.name], samples[bk.name], cpu[bk.name]
                 continue
             samples[bk.name].append(ms)
             spent += ms
         if spent > 1e3 * args.budget * max(1, len(runs)):
             break
-    return samples
+    return samples, (cpu if device.type == "cpu" and torch.get_num_threads() == 1 else None)
 
 
 def latency_rows(
@@ -616,7 +629,7 @@ def latency_rows(
     for n in args.steps:
         print(f" {n}", end="", flush=True)
         long = {name for name, (ms, m) in last.items() if ms * n / m > args.budget / 4 * 1e3}
-        samples = side_by_side(live, n, z.device, args, long, skip, f"model {kind}")
+        samples, _ = side_by_side(live, n, z.device, args, long, skip, f"model {kind}")
         live = [bk for bk in live if bk.name in samples]
         for bk in live:
             total = statistics.median(samples[bk.name])
@@ -813,8 +826,9 @@ def run_overhead(
                 skip(name, err, f"overhead batch {batch}")
                 continue
             checked.append(bk)
-        warm = argparse.Namespace(**{**vars(args), "warmup": max(1, args.warmup)})
-        samples = side_by_side(checked, n, device, warm, set(), skip, f"overhead batch {batch}")
+        settings = {**vars(args), "warmup": max(1, args.warmup), "repeats": args.overhead_repeats}
+        where = f"overhead batch {batch}"
+        samples, cpu = side_by_side(checked, n, device, argparse.Namespace(**settings), set(), skip, where)
         for bk in checked:
             if bk.name not in samples:
                 continue
@@ -822,6 +836,9 @@ def run_overhead(
             rows.append({
                 "backend": bk.name, "batch": batch, "steps": n, "total_ms": _common.finite_or_none(total),
                 "us_per_step": _common.finite_or_none(total / n * 1e3),
+                "cpu_us_per_step": (
+                    _common.finite_or_none(statistics.median(cpu[bk.name]) / n * 1e3) if cpu else None
+                ),
                 f"max_abs_diff_vs_pd_ref_at_{CHECK_STEPS}_steps": _common.finite_or_none(diffs[bk.name], 3),
                 "repeats": len(samples[bk.name]),
             })  # fmt: skip
@@ -836,36 +853,49 @@ OVERHEAD_COLUMNS = [
 ]  # fmt: skip
 
 
-def overhead_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """`us_per_step`: {backend: {batch: us}}; `vs_diffusers`: {backend: {batch: diffusers' us over
-    the backend's}} (above 1: faster than the diffusers loop), where diffusers ran."""
-    us: dict[str, dict[str, float | None]] = {}
-    for r in rows:
-        us.setdefault(r["backend"], {})[str(r["batch"])] = r["us_per_step"]
-    base = us.get("diffusers", {})
-    vs = {
-        name: {b: _common.finite_or_none(base[b] / v, 4) for b, v in per.items() if base.get(b) and v}
-        for name, per in us.items()
-    }
-    return {"us_per_step": us, "vs_diffusers": vs if base else {}}
+def overhead_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`us_per_step`: {backend: {batch: us}} (wall clock); `vs_diffusers`: {backend: {batch:
+    diffusers' us over the backend's}} (above 1: faster than the diffusers loop), where diffusers
+    ran; the same from the thread's CPU time (`cpu_us_per_step`, `cpu_vs_diffusers`) where measured."""
+    table: dict[str, Any] = {}
+    for key, ratio_key in (("us_per_step", "vs_diffusers"), ("cpu_us_per_step", "cpu_vs_diffusers")):
+        us: dict[str, dict[str, float | None]] = {}
+        for r in rows:
+            if r.get(key) is not None:
+                us.setdefault(r["backend"], {})[str(r["batch"])] = r[key]
+        base = us.get("diffusers", {})
+        table[key] = us
+        table[ratio_key] = {
+            name: {b: _common.finite_or_none(base[b] / v, 4) for b, v in per.items() if base.get(b) and v}
+            for name, per in us.items()
+        } if base else {}  # fmt: skip
+    return table
 
 
 def overhead_summary(overhead: dict[str, Any]) -> str:
     """Markdown: microseconds per step per backend (rows) and batch (columns), with diffusers' time
-    over the backend's in parentheses."""
-    us, vs = overhead["us_per_step"], overhead["vs_diffusers"]
-    batches = sorted({int(b) for per in us.values() for b in per})
-    lines = [
-        "| backend | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "|---|" + "---:|" * len(batches),
-    ]
-    for name in [b for b in BACKENDS if b in us]:
-        cells = []
-        for b in map(str, batches):
-            value, ratio = us[name].get(b), vs.get(name, {}).get(b)
-            cells.append("-" if value is None else f"{value:.3g}" + (f" ({ratio:.2f}x)" if ratio else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    over the backend's in parentheses; wall clock, then the thread's CPU time where measured."""
+    blocks = []
+    for key, ratio_key, what in (("us_per_step", "vs_diffusers", "wall clock"),
+                                 ("cpu_us_per_step", "cpu_vs_diffusers", "thread CPU time")):  # fmt: skip
+        us, vs = overhead[key], overhead[ratio_key]
+        if not us:
+            continue
+        batches = sorted({int(b) for per in us.values() for b in per})
+        lines = [
+            f"overhead, us per step ({what}; in parentheses: diffusers' time / the backend's)",
+            "",
+            "| backend | " + " | ".join(f"batch {b}" for b in batches) + " |",
+            "|---|" + "---:|" * len(batches),
+        ]
+        for name in [b for b in BACKENDS if b in us]:
+            cells = []
+            for b in map(str, batches):
+                value, ratio = us[name].get(b), vs.get(name, {}).get(b)
+                cells.append("-" if value is None else f"{value:.3g}" + (f" ({ratio:.2f}x)" if ratio else ""))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -961,6 +991,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "overhead_us_per_step": overhead["us_per_step"],
         "overhead_vs_diffusers": overhead["vs_diffusers"],
+        "overhead_cpu_us_per_step": overhead["cpu_us_per_step"],
+        "overhead_cpu_vs_diffusers": overhead["cpu_vs_diffusers"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     save_json(args.out / "steps_vs_latency.json", payload)

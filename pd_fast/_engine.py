@@ -102,11 +102,11 @@ def on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def to_device(host: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """CPU tensors of one shape stacked into one (k, ...) tensor of `dtype` on `device`: one cast
-    and one copy (from pinned memory on CUDA, not blocking the host) rather than one blocking
-    copy per tensor."""
-    block = torch.stack(host).to(dtype)
+def to_device(host: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor (the per-example coefficients of a call, stacked) cast to `dtype` on `device`:
+    one copy (from pinned memory on CUDA, not blocking the host) rather than one blocking copy
+    per coefficient."""
+    block = host.to(dtype)
     if device.type == "cpu":
         return block
     if device.type == "cuda":

@@ -93,7 +93,7 @@ def two_step_target(
         z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp
     )
     ratio, den = _target_coefs(alpha_t, sigma_t, alpha_tpp, sigma_tpp)
-    ratio, den = to_device([ratio, den], z_t.device, torch.float32).unbind(0)
+    ratio, den = to_device(torch.stack([ratio, den]), z_t.device, torch.float32).unbind(0)
     return _two_step_torch(z_t, z_tpp, ratio, den).to(z_t.dtype)
 
 
@@ -130,21 +130,19 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param):
     t = np.broadcast_to(batch_times(t, batch).cpu().numpy().reshape(-1), (batch,))
     i = student_grid_index(t, steps, resolution)
     t = i / steps  # float64, exactly on the grid even when t came in float32
-    final = torch.from_numpy(i == 1)
     t_p, t_pp = t - 0.5 / steps, (i - 1) / steps
     alpha, sigma = on_cpu(schedule.alpha_sigma(torch.from_numpy(np.concatenate([t, t_p, t_pp]))))
-    (alpha_t, alpha_p, alpha_pp), (sigma_t, sigma_p, sigma_pp) = alpha.split(batch), sigma.split(batch)
+    alpha, sigma = alpha.numpy().reshape(3, batch), sigma.numpy().reshape(3, batch)
     # final interval: the second "step" lands on the teacher's x_hat at t' (official `dpm.py`)
-    alpha_pp = alpha_pp.masked_fill(final, 1.0)
-    sigma_pp = sigma_pp.masked_fill(final, 0.0)
+    final = i == 1
+    alpha_pp, sigma_pp = np.where(final, 1.0, alpha[2]), np.where(final, 0.0, sigma[2])
+    host = torch.from_numpy(np.stack([alpha[0], sigma[0], alpha[1], sigma[1], alpha_pp, sigma_pp, t, t_p]))
     # One copy to the device (no host sync). The returned coefficients keep their CPU copies, so
     # that checking them later (fused_distill_loss, two_step_target) needs no device sync either.
-    times = [torch.from_numpy(t), torch.from_numpy(t_p)]
-    host = [alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp, *times]
     block = to_device(host, device, torch.float64)
     alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp, t, t_p = block.unbind(0)
-    for value, copy in zip((alpha_t, sigma_t, alpha_pp, sigma_pp), host[:2] + host[4:6], strict=True):
-        remember_host_copy(value, copy)
+    for row, value in ((0, alpha_t), (1, sigma_t), (4, alpha_pp), (5, sigma_pp)):
+        remember_host_copy(value, host[row])
     a_t, s_t, a_p, s_p, a_pp, s_pp, t32, t32_p = block.to(torch.float32).unbind(0)
     t, t_p = (t32, t32_p) if dtype == torch.float32 else (t.to(dtype), t_p.to(dtype))
     backend = backend_for(z_t)
@@ -279,7 +277,7 @@ class _FusedLoss(torch.autograd.Function):
 
 def _fused(out, z_t, z_tpp, alpha_t, sigma_t, p, q, w, param) -> torch.Tensor:
     """The Triton path: all per-example coefficients from float64, cast to fp32 (B,) on out's device."""
-    f32 = to_device([alpha_t, sigma_t, p, q, w], out.device, torch.float32).unbind(0)
+    f32 = to_device(torch.stack([alpha_t, sigma_t, p, q, w]), out.device, torch.float32).unbind(0)
     return _FusedLoss.apply(out, z_t.detach(), z_tpp.detach(), *f32, param)
 
 
@@ -308,7 +306,7 @@ def distill_loss(
     w = _loss_weight(alpha_t, sigma_t, weighting)
     if backend_for(z_t) == "triton":
         return _fused(out, z_t, x_tilde, alpha_t, sigma_t, torch.ones_like(w), torch.zeros_like(w), w, param)
-    alpha_t, sigma_t, w = to_device([alpha_t, sigma_t, w], z_t.device, torch.float32).unbind(0)
+    alpha_t, sigma_t, w = to_device(torch.stack([alpha_t, sigma_t, w]), z_t.device, torch.float32).unbind(0)
     return _loss_torch(out, z_t, x_tilde, alpha_t, sigma_t, w, param)
 
 
@@ -339,7 +337,7 @@ def fused_distill_loss(
     ratio, den = _target_coefs(alpha_t, sigma_t, alpha_tpp, sigma_tpp)
     if backend_for(z_t) == "triton":
         return _fused(out, z_t, z_tpp, alpha_t, sigma_t, 1.0 / den, -ratio / den, w, param)
-    f32 = to_device([alpha_t, sigma_t, ratio, den, w], z_t.device, torch.float32)
+    f32 = to_device(torch.stack([alpha_t, sigma_t, ratio, den, w]), z_t.device, torch.float32)
     alpha_t, sigma_t, ratio, den, w = f32.unbind(0)
     x_tilde = _two_step_torch(z_t.detach(), z_tpp.detach(), ratio, den)
     return _loss_torch(out, z_t, x_tilde, alpha_t, sigma_t, w, param)

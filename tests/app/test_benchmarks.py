@@ -79,6 +79,7 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
     argv = "--steps 1,2,4 --batch 2 --mlp-dim 4 --mlp-hidden 8 --mlp-depth 1 --unet-ch 4 --unet-size 4"
     returned = steps_vs_latency.main([*argv.split(), "--repeats", "1", "--budget", "0.2", "--threads", "1",
                                       "--overhead-batches", "1,3", "--overhead-steps", "4",
+                                      "--overhead-repeats", "2",
                                       "--out", str(tmp_path)])  # fmt: skip
     payload = json.loads((tmp_path / "steps_vs_latency.json").read_text())
     assert payload == json.loads(json.dumps(returned))
@@ -122,6 +123,14 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
         assert r["max_abs_diff_vs_pd_ref_at_4_steps"] < (1e-1 if r["backend"] == "k_diffusion" else 1e-4)
         ratio = us["diffusers"][str(r["batch"])] / r["us_per_step"]
         assert vs[r["backend"]][str(r["batch"])] == pytest.approx(ratio, rel=1e-3)
+        if r["cpu_us_per_step"] is not None:  # a CPU with one torch thread: the thread's CPU time too
+            assert _positive(r["cpu_us_per_step"])
+            cpu_ratio = (
+                payload["overhead_cpu_us_per_step"]["diffusers"][str(r["batch"])] / r["cpu_us_per_step"]
+            )
+            assert payload["overhead_cpu_vs_diffusers"][r["backend"]][str(r["batch"])] == pytest.approx(
+                cpu_ratio, rel=1e-3
+            )
 
 
 def test_quick_runs_write_to_a_temporary_folder_not_the_committed_results(
