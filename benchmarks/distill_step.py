@@ -430,7 +430,7 @@ def summary(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
 
 def plot(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], path: Path, title: str) -> str | None:
     """Iterations per second per model and batch, the two implementations side by side, with the
-    time ratio written above each pair."""
+    time ratio pd_fast / eager written above each pair (wall clock; the thread's CPU time below)."""
     plt = _common.pyplot()
     if plt is None:
         return "matplotlib is not installed"
@@ -442,9 +442,13 @@ def plot(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], path: Path, t
             value = by[(name, q["model"], q["batch"])]["iters_per_s"]
             ax.bar(k + (j - 0.5) * width, value, width, color=color, label=name if k == 0 else None)
         top = max(by[(n, q["model"], q["batch"])]["iters_per_s"] for n in IMPLS)
-        ax.text(k, top * 1.02, f"{q['pd_fast_over_eager']:.2f}x time", ha="center", fontsize=8)
+        label = f"time x{q['pd_fast_over_eager']:.2f}"
+        if q.get("pd_fast_over_eager_cpu_time") is not None:
+            label += f"\n(CPU time x{q['pd_fast_over_eager_cpu_time']:.2f})"
+        ax.text(k, top * 1.02, label, ha="center", fontsize=7)
     ax.set_xticks(range(len(ratios)), [f"{q['model']}\nbatch {q['batch']}" for q in ratios])
     ax.set_ylabel("iterations per second (median of rounds)")
+    ax.set_ylim(0, 1.15 * max(r["iters_per_s"] for r in rows))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)

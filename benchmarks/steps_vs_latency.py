@@ -709,11 +709,9 @@ def overhead_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("microseconds per step (trivial network)")
     n = rows[0]["steps"]
-    ax.set_title(
-        f"sampler overhead, out = {OVERHEAD_SCALE}*z, N = {n} (x: diffusers' time / this)", fontsize=9
-    )
+    ax.set_title(f"sampler overhead: out = {OVERHEAD_SCALE}*z, N = {n}", fontsize=9)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=7, title="above a bar: diffusers' time / its", title_fontsize=7)
+    ax.legend(fontsize=7, title="above a bar: diffusers' time / its time", title_fontsize=7)
 
 
 def plot(rows: list[dict[str, Any]], overhead: list[dict[str, Any]], path: Path, title: str) -> str | None:
