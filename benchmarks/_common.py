@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
+import inspect
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,24 +167,52 @@ def bench_kernel(
     return statistics.median(samples), len(samples)
 
 
-def capture(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+class Captured:
+    """A CUDA graph of one call of `fn`, and everything it needs kept alive: calling it replays the
+    graph and returns the captured call's (static) result. It holds `fn` (whose closure owns the
+    graph's inputs: a plan, times, outputs, coefficients), the graph and the result, so that none
+    of their memory is freed and reused (by later allocations, or by the `empty_cache()` inside
+    `torch.cuda.graph`) while the graph can still be replayed."""
+
+    def __init__(self, fn: Callable[[], Any], graph: Any, result: Any, stream: Any) -> None:
+        self.fn, self.graph, self.result, self.stream = fn, graph, result, stream
+
+    def __call__(self) -> Any:
+        self.graph.replay()
+        return self.result
+
+
+def liveness_option() -> dict[str, bool]:
+    """`check_input_liveness=True` where this torch's `torch.cuda.graph` has it (replays then raise
+    if a tensor the graph reads was freed), else nothing."""
+    if "check_input_liveness" in inspect.signature(torch.cuda.graph).parameters:
+        return {"check_input_liveness": True}
+    return {}
+
+
+def capture(fn: Callable[[], Any], device: torch.device) -> Captured:
     """`fn` captured in a CUDA graph, after one warm-up call on a side stream (kernels compiled,
-    library workspaces allocated before capture). Returns a call that replays the graph and gives
-    the captured call's (static) result."""
+    library workspaces allocated before capture); the capture runs on that same stream, passed
+    explicitly (torch's default capture stream is one per process, wrong with several GPUs)."""
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         fn()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side, **liveness_option()):
         result = fn()
+    return Captured(fn, graph, result, side)
 
-    def replay() -> Any:
-        graph.replay()
-        return result
 
-    return replay
+def out_dir(out: Path | None, quick: bool) -> Path:
+    """Where a run writes: `--out` when given; else `benchmarks/results/` for a full run and a new
+    temporary folder for `--quick` (a quick run never overwrites the committed results)."""
+    if out is not None:
+        return out
+    if quick:
+        return Path(tempfile.mkdtemp(prefix="pd_fast_bench_quick_"))
+    return RESULTS
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ number of bytes: half read, half written).
 
 On CUDA also: the sampler's per-step overhead beyond the network's own time with CUDA graphs
 (graph of the N-step sampler loop minus graph of its N network calls, over N), and PASS/FAIL
-against the issue's targets. Writes `kernels.json` and `kernels.png` into `--out`.
+against the targets. Writes `kernels.json` and `kernels.png` into `--out` (default
+`benchmarks/results/`; a `--quick` run writes into a new temporary folder instead).
 """
 
 from __future__ import annotations
@@ -302,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeats", type=int, default=None, help="timed runs per point, CPU (default 7; --quick 3)"
     )
-    p.add_argument("--out", type=Path, default=_common.RESULTS, help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default benchmarks/results/; --quick: a new temporary folder)",
+    )
     p.add_argument("--quick", action="store_true", help="fewer sizes, no torch.compile")
     return p
 
@@ -388,7 +394,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, ops: list[str]) -> 
 
 
 def evaluate_targets(rows: list[dict[str, Any]], overhead: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The issue's GPU targets, each with the measured value (the worst case over dtypes and over
+    """The GPU targets (README), each with the measured value (the worst case over dtypes and over
     sizes of at least 64 MiB moved); a target with nothing measured is reported as missing."""
 
     def worst(op: str, key: str) -> float | None:
@@ -426,6 +432,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall_start = time.perf_counter()
     device = _common.pick_device(args.device)
     notes = settle(args, device)
+    args.out = _common.out_dir(args.out, args.quick)
     threads = _common.set_threads(args.threads)
     notes += [n for n in [_common.load_note(threads)] if n]
     load_start, date = _common.loadavg(), _common.now_utc()

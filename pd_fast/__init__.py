@@ -27,7 +27,7 @@ from .distillation import (
     two_step_target,
 )
 from .parameterizations import NULL_LABEL, guided_x_eps, predict_x_eps
-from .sampling import ancestral_step, ddim_step, sample
+from .sampling import Sampler, ancestral_step, ddim_step, sample
 from .schedules import CosineSchedule, DiscreteSchedule, diffuse
 
 #: app names re-exported lazily: name -> the pd_fast.app module that defines it
@@ -62,6 +62,7 @@ __all__ = [
     "ddim_step",
     "ancestral_step",
     "sample",
+    "Sampler",
     "two_step_target",
     "teacher_target",
     "loss_weight",

@@ -4,15 +4,19 @@ argument), the names of the parameterizations and weightings, and the one broadc
 The same checks as `pd_ref/_checks.py`, on torch tensors, plus device and dtype agreement. What
 is checked, and what it costs:
 - shapes, dtypes and devices of the big tensors: metadata only, no device work;
-- the values of the per-example coefficients (floats, 0-d or (B,) tensors) and of `t`: one small
-  reduction and one host sync per call (`check_coefs`), never a per-element `.item()`;
+- the values of the per-example coefficients (floats, 0-d or (B,) tensors) and of `t`: one
+  min/max reduction and one host read per call (`check_coefs`, `times`), never a per-element
+  `.item()`. Coefficients given on the CPU (or made by this package, which keeps their CPU copy:
+  `remember_host_copy`) are checked on the CPU: no device sync;
 - not checked (pd_ref checks it): finiteness of the big tensors `z`, `out`, `noise`, ... That would
   be a full extra pass over memory on the hot path; non-finite inputs give non-finite outputs.
 """
 
 from __future__ import annotations
 
+import math
 import operator
+import weakref
 from typing import Any
 
 import torch
@@ -66,6 +70,9 @@ def coef(name: str, value: Any, batch: int, device: torch.device) -> torch.Tenso
     Tensors may live on `device` or on the CPU (schedules evaluated at float times return CPU
     tensors); values are checked later, all at once, by `check_coefs`.
     """
+    if isinstance(value, torch.Tensor) and value.dtype == torch.float64 and value.shape == (batch,):
+        if value.device == device:
+            return value.detach()  # already what the rest makes of it
     if isinstance(value, torch.Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise ValueError(f"{name} must be real, got dtype {value.dtype}")
@@ -92,24 +99,71 @@ def check_coefs(
     before: tuple[str, str] | None = None,
 ) -> None:
     """Finite and > 0 (`positive`) or >= 0 (`nonnegative`), and, for `before = (name_s, name_t)`,
-    sigma_s < sigma_t (s < t, seen through sigma, strictly increasing in t). One host sync."""
+    sigma_s < sigma_t (s < t, seen through sigma, strictly increasing in t). The coefficients are
+    (B,) float64 tensors on one device; one min/max reduction over all of them (NaN propagates to
+    both) and one host read."""
     nonnegative = nonnegative or {}
     named = {**positive, **nonnegative}
-    bad = [(~torch.isfinite(c)).any() for c in named.values()]
-    bad += [(c <= 0).any() for c in positive.values()] + [(c < 0).any() for c in nonnegative.values()]
-    if before is not None:
-        bad.append((named[before[0]] >= named[before[1]]).any())
-    flags = torch.stack(bad).tolist()
-    n = len(named)
-    for k, name in enumerate(named):
-        if flags[k]:
+    rows = list(named.values())
+    if before is not None:  # sigma_t - sigma_s > 0 exactly when sigma_s < sigma_t (finite floats)
+        rows.append(named[before[1]] - named[before[0]])
+    stacked = torch.stack(rows)  # (k, B)
+    if stacked.shape[1] == 0:
+        return
+    low, high = torch.stack(torch.aminmax(stacked, dim=1)).tolist()
+    names = list(named)
+    for k, name in enumerate(names):
+        if not (math.isfinite(low[k]) and math.isfinite(high[k])):
             raise ValueError(f"{name} must be finite, got {named[name].tolist()}")
-    for k, name in enumerate(named):
-        if flags[n + k]:
+    for k, name in enumerate(names):
+        if low[k] <= 0 if name in positive else low[k] < 0:
             relation = "> 0" if name in positive else ">= 0"
-            raise ValueError(f"{name} must be {relation}, got min {named[name].min().item()}")
-    if before is not None and flags[-1]:
+            raise ValueError(f"{name} must be {relation}, got min {low[k]}")
+    if before is not None and not low[-1] > 0:
         raise ValueError(f"the step must go back in time (s < t), but {before[0]} >= {before[1]} somewhere")
+
+
+#: CPU copies of coefficient tensors that this package sent to a device: id -> (weak reference,
+#: version counter at the time, float64 CPU copy)
+_HOST_COPIES: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def remember_host_copy(value: torch.Tensor, host: torch.Tensor) -> None:
+    """Record that the device tensor `value` holds the float64 CPU tensor `host`, so that a later
+    check of `value` (`host_copy`) reads the CPU copy instead of syncing with the device. The entry
+    dies with `value` and is ignored once `value` is modified in place."""
+    if value.is_inference() or value.device.type == "cpu":
+        return  # inference tensors have no version counter; CPU tensors need no copy
+    key = id(value)
+
+    def forget(ref: weakref.ref, key: int = key) -> None:
+        if _HOST_COPIES.get(key, (None,))[0] is ref:
+            del _HOST_COPIES[key]
+
+    _HOST_COPIES[key] = (weakref.ref(value, forget), value._version, host)
+
+
+def host_copy(value: Any) -> torch.Tensor | None:
+    """The CPU copy recorded by `remember_host_copy` for `value` (unchanged since), else None."""
+    entry = _HOST_COPIES.get(id(value))
+    if entry is None or entry[0]() is not value or value._version != entry[1]:
+        return None
+    return entry[2]
+
+
+def coefs_for(values: dict[str, Any], batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """`coef` of each named value, as float64 (B,) tensors that all live on the CPU when every
+    value is a float, a CPU tensor or a device tensor with a host copy (so that their checks and
+    their arithmetic need no device sync), and all on `device` otherwise."""
+    host = {}
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+            value = host_copy(value) if value.device == device else None
+            if value is None:
+                return {name: coef(name, v, batch, device) for name, v in values.items()}
+        host[name] = value
+    cpu = torch.device("cpu")
+    return {name: coef(name, value, batch, cpu) for name, value in host.items()}
 
 
 def per_example(c: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -141,11 +195,16 @@ def times(name: str, t: Any) -> torch.Tensor:
             arr = torch.as_tensor(t, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"{name} must be a float or a tensor of floats") from err
-    finite, low, high = torch.stack([torch.isfinite(arr).all(), (arr < 0).any(), (arr > 1).any()]).tolist()
-    if not finite:
-        raise ValueError(f"{name} must be finite")
-    if low or high:
-        raise ValueError(f"{name} must lie in [0, 1], got range [{arr.min().item()}, {arr.max().item()}]")
+    if arr.numel():
+        if arr.device.type == "cpu":  # NumPy's min and max of a few floats cost a fraction of torch's
+            values = arr.numpy()
+            low, high = float(values.min()), float(values.max())  # NaN propagates to both
+        else:
+            low, high = torch.stack(torch.aminmax(arr)).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"{name} must be finite")
+        if low < 0 or high > 1:
+            raise ValueError(f"{name} must lie in [0, 1], got range [{low}, {high}]")
     return arr
 
 

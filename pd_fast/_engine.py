@@ -15,6 +15,7 @@ combines the two predictions. Nothing here checks its inputs: the public functio
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -111,7 +112,24 @@ def apply(
 def on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """A schedule's (alpha, sigma) as float64 CPU tensors (pd_fast schedules give tensors; any
     schedule with an `alpha_sigma` giving arrays works too)."""
-    return tuple(torch.as_tensor(c, dtype=torch.float64).cpu() for c in pair)
+    return tuple(
+        c
+        if isinstance(c, torch.Tensor) and c.dtype == torch.float64 and c.device.type == "cpu"
+        else torch.as_tensor(c, dtype=torch.float64).cpu()
+        for c in pair
+    )
+
+
+def to_device(host: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor (the per-example coefficients of a call, stacked) cast to `dtype` on `device`:
+    one copy (from pinned memory on CUDA, not blocking the host) rather than one blocking copy
+    per coefficient."""
+    block = host.to(dtype)
+    if device.type == "cpu":
+        return block
+    if device.type == "cuda":
+        block = block.pin_memory()
+    return block.to(device, non_blocking=True)
 
 
 def model_out(
@@ -204,6 +222,89 @@ def loop(
     return z
 
 
+def graph_generators_supported() -> bool:
+    """Whether this torch can replay a seeded generator's draws in a CUDA graph
+    (`CUDAGraph.register_generator_state`, torch >= 2.4)."""
+    return hasattr(torch.cuda.CUDAGraph, "register_generator_state")
+
+
+def _register_generator(graph: Any, generator: torch.Generator) -> None:
+    if not graph_generators_supported():
+        raise ValueError(
+            f"a seeded or stochastic sampler in a CUDA graph needs torch >= 2.4 "
+            f"(CUDAGraph.register_generator_state); this is torch {torch.__version__}"
+        )
+    with warnings.catch_warnings():  # newer torch registers lazily and deprecates the call
+        warnings.simplefilter("ignore")
+        graph.register_generator_state(generator)
+
+
+class CapturedLoop:
+    """`loop` captured once in a CUDA graph on a static copy of z; each call copies its z in,
+    replays the graph and returns a copy of x_hat (which lives in the graph's memory pool).
+
+    The object holds everything the graph reads or writes (the model, the static z, the plan's
+    tensors, the generator, the output), so that none of it is freed and reused while the graph
+    lives. A warm-up of the first and the last call runs first on a side stream (kernels compiled,
+    libraries initialised); the capture runs on that same stream, passed explicitly (not torch's
+    process-wide capture stream). The warm-up's draws are undone: `generator` (None: the
+    device's default generator) is set back to its state before it, so a replay draws what an
+    eager run from the same state draws, and advances the generator as that run would."""
+
+    def __init__(
+        self,
+        model: Model,
+        z: torch.Tensor,
+        plan: Plan,
+        param: str,
+        clip: bool,
+        generator: torch.Generator | None,
+        backend: str,
+        guide: Guide | None = None,
+    ) -> None:
+        self.model, self.plan, self.param, self.clip, self.backend = model, plan, param, clip, backend
+        self.guide = guide
+        self.static_z = z.clone()
+        device = z.device
+        self.generator = generator
+        if plan.noisy and generator is None:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            generator = torch.cuda.default_generators[index]
+        warm_up = sorted({0, len(plan.t) - 1})
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            state = generator.get_state() if plan.noisy else None
+            with torch.cuda.stream(side):
+                loop(
+                    model,
+                    self.static_z,
+                    plan,
+                    param,
+                    clip,
+                    self.generator,
+                    backend,
+                    calls=warm_up,
+                    guide=guide,
+                )
+            torch.cuda.current_stream(device).wait_stream(side)
+            if state is not None:
+                generator.set_state(state)
+            self.graph = torch.cuda.CUDAGraph()
+            if self.generator is not None:  # the default generator is registered by torch itself
+                _register_generator(self.graph, self.generator)
+            with torch.cuda.graph(self.graph, stream=side):
+                self.x_hat = loop(
+                    model, self.static_z, plan, param, clip, self.generator, backend, guide=guide
+                )
+            self.stream = side
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        self.static_z.copy_(z)
+        self.graph.replay()
+        return self.x_hat.clone()
+
+
 def graphed_loop(
     model: Model,
     z: torch.Tensor,
@@ -211,41 +312,9 @@ def graphed_loop(
     param: str,
     clip: bool,
     generator: torch.Generator | None,
-    seed: int | None,
     backend: str,
     guide: Guide | None = None,
 ) -> torch.Tensor:
-    """`loop`, captured whole (model calls and steps) in one CUDA graph and replayed once.
-
-    A warm-up of one step and of the last call runs first, on a side stream, so that every kernel
-    is compiled and every library initialised before capture. The warm-up draws noise, so a seeded
-    generator is re-seeded before the replay: the replay then draws what an eager run draws."""
-    static_z = z.clone()
-    steps = len(plan.t)
-    with torch.cuda.device(z.device):  # capture on z's device
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            loop(
-                model,
-                static_z,
-                plan,
-                param,
-                clip,
-                generator,
-                backend,
-                calls=sorted({0, steps - 1}),
-                guide=guide,
-            )
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        if generator is not None:  # the default generator is registered by torch itself
-            graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
-            x_hat = loop(model, static_z, plan, param, clip, generator, backend, guide=guide)
-        if generator is not None:
-            generator.manual_seed(seed)
-        graph.replay()
-        result = x_hat.clone()  # x_hat lives in the graph's private memory pool
-    del graph
-    return result
+    """`loop`, captured whole (model calls and steps) in one CUDA graph and replayed once
+    (`CapturedLoop`): the noise is what an eager run from the generator's state draws."""
+    return CapturedLoop(model, z, plan, param, clip, generator, backend, guide)(z)

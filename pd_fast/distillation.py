@@ -13,23 +13,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._backend import backend_for, kernels
 from ._checks import (
     batch_times,
     check_coefs,
-    coef,
+    coefs_for,
     like,
     out_matches,
     param_name,
     per_example,
+    remember_host_copy,
     same_shape,
     steps_count,
     tensor,
     weighting_name,
 )
-from ._engine import Model, apply, on_cpu, prepare, step_outs
+from ._engine import Model, apply, on_cpu, prepare, step_outs, to_device
 from .parameterizations import x_eps_from_out
 from .sampling import ddim_coefs, guide_for, schedule_arg
 
@@ -56,17 +58,24 @@ def _target_inputs(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp):
     z_tpp = tensor("z_tpp", z_tpp)
     _target_like("z_tpp", z_tpp, z_t)
     same_shape("z_tpp", z_tpp, "z_t", z_t)
-    b, device = z_t.shape[0], z_t.device
-    alpha_t = coef("alpha_t", alpha_t, b, device)
-    sigma_t = coef("sigma_t", sigma_t, b, device)
-    alpha_tpp = coef("alpha_tpp", alpha_tpp, b, device)
-    sigma_tpp = coef("sigma_tpp", sigma_tpp, b, device)
+    alpha_t, sigma_t, alpha_tpp, sigma_tpp = _target_coef_inputs(z_t, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
+    return z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp
+
+
+def _target_coef_inputs(z_t, alpha_t, sigma_t, alpha_tpp, sigma_tpp):
+    """The four coefficients as checked float64 (B,) tensors, on the CPU where they can be (see
+    `coefs_for`: then neither their check nor the coefficient arithmetic syncs with the device)."""
+    c = coefs_for(
+        {"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_tpp": alpha_tpp, "sigma_tpp": sigma_tpp},
+        z_t.shape[0],
+        z_t.device,
+    )
     check_coefs(
-        positive={"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_tpp": alpha_tpp},
-        nonnegative={"sigma_tpp": sigma_tpp},
+        positive={"alpha_t": c["alpha_t"], "sigma_t": c["sigma_t"], "alpha_tpp": c["alpha_tpp"]},
+        nonnegative={"sigma_tpp": c["sigma_tpp"]},
         before=("sigma_tpp", "sigma_t"),
     )
-    return z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp
+    return c["alpha_t"], c["sigma_t"], c["alpha_tpp"], c["sigma_tpp"]
 
 
 def two_step_target(
@@ -84,6 +93,7 @@ def two_step_target(
         z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp
     )
     ratio, den = _target_coefs(alpha_t, sigma_t, alpha_tpp, sigma_tpp)
+    ratio, den = to_device(torch.stack([ratio, den]), z_t.device, torch.float32).unbind(0)
     return _two_step_torch(z_t, z_tpp, ratio, den).to(z_t.dtype)
 
 
@@ -92,20 +102,25 @@ def _two_step_torch(z_t: torch.Tensor, z_tpp: torch.Tensor, ratio: torch.Tensor,
     return (z_tpp.float() - per_example(ratio.float(), nd) * z_t.float()) / per_example(den.float(), nd)
 
 
-def student_grid_index(t: torch.Tensor, steps: int, resolution: float = 0.0) -> torch.Tensor:
-    """`i` (int64) with `t = i / steps`, `1 <= i <= steps`; ValueError if t is off the grid.
-    `resolution`: the relative rounding of t's original dtype (0 for float64 input)."""
+def student_grid_index(t: np.ndarray, steps: int, resolution: float = 0.0) -> np.ndarray:
+    """`i` (float64 integers) with `t = i / steps`, `1 <= i <= steps`, for float64 times `t` (B,)
+    in [0, 1]; ValueError if t is off the grid. `resolution`: the relative rounding of t's
+    original dtype (0 for float64 input)."""
     tol = 1e-6 + 2.0 * resolution * steps  # in units of the grid spacing
     if tol >= 0.25:
         raise ValueError(f"t's dtype cannot resolve the grid i/{steps}: pass t as float32 or float64")
-    i = torch.round(t * steps)
-    if bool((torch.abs(t * steps - i) > tol).any()) or bool((i < 1).any()):
+    scaled = t * steps
+    i = np.rint(scaled)
+    if np.abs(scaled - i).max(initial=0.0) > tol or i.min(initial=1.0) < 1:
         raise ValueError(f"t must lie on the student grid i/{steps}, i in 1..{steps}")
-    return i.long()
+    return i
 
 
 def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.0):
-    """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time."""
+    """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time.
+
+    The (B,) times live on the host, in NumPy (an op on a hundred floats costs about a
+    microsecond there, several in torch), and go to the device with the coefficients in one copy."""
     steps = steps_count(steps)
     param = param_name(param)
     schedule = schedule_arg(schedule)
@@ -114,32 +129,34 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.
     batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
     floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
     resolution = torch.finfo(t.dtype).eps if floating else 0.0
-    t = batch_times(t, batch).cpu()
-    i = student_grid_index(t.reshape(-1).expand(batch), steps, resolution)
+    t = np.broadcast_to(batch_times(t, batch).cpu().numpy().reshape(-1), (batch,))
+    i = student_grid_index(t, steps, resolution)
     t = i / steps  # float64, exactly on the grid even when t came in float32
-    final = i == 1
     t_p, t_pp = t - 0.5 / steps, (i - 1) / steps
-    alpha_t, sigma_t = on_cpu(schedule.alpha_sigma(t))
-    alpha_p, sigma_p = on_cpu(schedule.alpha_sigma(t_p))
-    alpha_pp, sigma_pp = on_cpu(schedule.alpha_sigma(t_pp))
+    alpha, sigma = on_cpu(schedule.alpha_sigma(torch.from_numpy(np.concatenate([t, t_p, t_pp]))))
+    alpha, sigma = alpha.numpy().reshape(3, batch), sigma.numpy().reshape(3, batch)
     # final interval: the second "step" lands on the teacher's x_hat at t' (official `dpm.py`)
-    alpha_pp = torch.where(final, 1.0, alpha_pp)
-    sigma_pp = torch.where(final, 0.0, sigma_pp)
-    alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp = (
-        c.to(device) for c in (alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp)
-    )
+    final = i == 1
+    alpha_pp, sigma_pp = np.where(final, 1.0, alpha[2]), np.where(final, 0.0, sigma[2])
+    host = torch.from_numpy(np.stack([alpha[0], sigma[0], alpha[1], sigma[1], alpha_pp, sigma_pp, t, t_p]))
+    # One copy to the device (no host sync). The returned coefficients keep their CPU copies, so
+    # that checking them later (fused_distill_loss, two_step_target) needs no device sync either.
+    block = to_device(host, device, torch.float64)
+    alpha_t, sigma_t, alpha_p, sigma_p, alpha_pp, sigma_pp, t, t_p = block.unbind(0)
+    for row, value in ((0, alpha_t), (1, sigma_t), (4, alpha_pp), (5, sigma_pp)):
+        remember_host_copy(value, host[row])
+    a_t, s_t, a_p, s_p, a_pp, s_pp, t32, t32_p = block.to(torch.float32).unbind(0)
+    t, t_p = (t32, t32_p) if dtype == torch.float32 else (t.to(dtype), t_p.to(dtype))
     backend = backend_for(z_t)
     # The states z_t' and z_t'' stay fp32 whatever z_t's dtype: x_tilde amplifies their rounding by
     # ~N (docs/spec.md section 4). The teacher sees them in its own dtype.
     # A guided teacher's outputs are combined as the step's (docs/spec.md section 8).
     with torch.no_grad():
-        out, guided = _fp32(*step_outs(teacher, z_t, t.to(device=device, dtype=dtype), param, guide))
-        first = prepare(alpha_t, sigma_t, ddim_coefs(alpha_t, sigma_t, alpha_p, sigma_p, 0.0), backend)
+        out, guided = _fp32(*step_outs(teacher, z_t, t, param, guide))
+        first = prepare(a_t, s_t, ddim_coefs(a_t, s_t, a_p, s_p, 0.0), backend)  # eta = 0: no arithmetic
         z_p = apply(backend, z_t.float(), out, first, param, False, None, **guided)
-        out_p, guided = _fp32(
-            *step_outs(teacher, z_p.to(dtype), t_p.to(device=device, dtype=dtype), param, guide)
-        )
-        second = prepare(alpha_p, sigma_p, ddim_coefs(alpha_p, sigma_p, alpha_pp, sigma_pp, 0.0), backend)
+        out_p, guided = _fp32(*step_outs(teacher, z_p.to(dtype), t_p, param, guide))
+        second = prepare(a_p, s_p, ddim_coefs(a_p, s_p, a_pp, s_pp, 0.0), backend)
         z_pp = apply(backend, z_p, out_p, second, param, False, None, **guided)
     return z_pp, alpha_pp, sigma_pp, alpha_t, sigma_t
 
@@ -229,7 +246,7 @@ def _loss_weight(alpha: torch.Tensor, sigma: torch.Tensor, weighting: str) -> to
     return snr + 1.0
 
 
-def _loss_inputs(out, z_t, target_name, target, alpha_t, sigma_t, param, weighting):
+def _loss_inputs(out, z_t, target_name, target, param, weighting):
     param = param_name(param)
     weighting = weighting_name(weighting)
     z_t = tensor("z_t", z_t)
@@ -241,10 +258,7 @@ def _loss_inputs(out, z_t, target_name, target, alpha_t, sigma_t, param, weighti
     same_shape(target_name, target, "z_t", z_t)
     if z_t.shape[0] == 0:
         raise ValueError("z_t must hold a batch of at least one example (the loss of none is undefined)")
-    b, device = z_t.shape[0], z_t.device
-    alpha_t = coef("alpha_t", alpha_t, b, device)
-    sigma_t = coef("sigma_t", sigma_t, b, device)
-    return out, z_t, target, alpha_t, sigma_t, param, weighting
+    return out, z_t, target, param, weighting
 
 
 def _loss_torch(
@@ -296,8 +310,8 @@ class _FusedLoss(torch.autograd.Function):
 
 
 def _fused(out, z_t, z_tpp, alpha_t, sigma_t, p, q, w, param) -> torch.Tensor:
-    """The Triton path: all per-example coefficients from float64, cast to fp32 (B,)."""
-    f32 = [c.to(torch.float32).contiguous() for c in (alpha_t, sigma_t, p, q, w)]
+    """The Triton path: all per-example coefficients from float64, cast to fp32 (B,) on out's device."""
+    f32 = to_device(torch.stack([alpha_t, sigma_t, p, q, w]), out.device, torch.float32).unbind(0)
     return _FusedLoss.apply(out, z_t.detach(), z_tpp.detach(), *f32, param)
 
 
@@ -319,13 +333,14 @@ def distill_loss(
     Returns fp32 (B,), differentiable with respect to `out` (the fused kernel on the Triton path,
     with x_tilde passed as z_tpp and p = 1, q = 0).
     """
-    out, z_t, x_tilde, alpha_t, sigma_t, param, weighting = _loss_inputs(
-        out, z_t, "x_tilde", x_tilde, alpha_t, sigma_t, param, weighting
-    )
-    check_coefs(positive={"alpha_t": alpha_t, "sigma_t": sigma_t})
+    out, z_t, x_tilde, param, weighting = _loss_inputs(out, z_t, "x_tilde", x_tilde, param, weighting)
+    c = coefs_for({"alpha_t": alpha_t, "sigma_t": sigma_t}, z_t.shape[0], z_t.device)
+    check_coefs(positive=c)
+    alpha_t, sigma_t = c["alpha_t"], c["sigma_t"]
     w = _loss_weight(alpha_t, sigma_t, weighting)
     if backend_for(z_t) == "triton":
         return _fused(out, z_t, x_tilde, alpha_t, sigma_t, torch.ones_like(w), torch.zeros_like(w), w, param)
+    alpha_t, sigma_t, w = to_device(torch.stack([alpha_t, sigma_t, w]), z_t.device, torch.float32).unbind(0)
     return _loss_torch(out, z_t, x_tilde, alpha_t, sigma_t, w, param)
 
 
@@ -350,20 +365,13 @@ def fused_distill_loss(
     (z_tpp may also be fp32, as `teacher_two_step` returns it; the Triton path then runs in fp32);
     coefficients float, 0-d or (B,). Returns fp32 (B,), differentiable with respect to `out`.
     """
-    out, z_t, z_tpp, alpha_t, sigma_t, param, weighting = _loss_inputs(
-        out, z_t, "z_tpp", z_tpp, alpha_t, sigma_t, param, weighting
-    )
-    b, device = z_t.shape[0], z_t.device
-    alpha_tpp = coef("alpha_tpp", alpha_tpp, b, device)
-    sigma_tpp = coef("sigma_tpp", sigma_tpp, b, device)
-    check_coefs(
-        positive={"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_tpp": alpha_tpp},
-        nonnegative={"sigma_tpp": sigma_tpp},
-        before=("sigma_tpp", "sigma_t"),
-    )
+    out, z_t, z_tpp, param, weighting = _loss_inputs(out, z_t, "z_tpp", z_tpp, param, weighting)
+    alpha_t, sigma_t, alpha_tpp, sigma_tpp = _target_coef_inputs(z_t, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
     w = _loss_weight(alpha_t, sigma_t, weighting)
     ratio, den = _target_coefs(alpha_t, sigma_t, alpha_tpp, sigma_tpp)
     if backend_for(z_t) == "triton":
         return _fused(out, z_t, z_tpp, alpha_t, sigma_t, 1.0 / den, -ratio / den, w, param)
+    f32 = to_device(torch.stack([alpha_t, sigma_t, ratio, den, w]), z_t.device, torch.float32)
+    alpha_t, sigma_t, ratio, den, w = f32.unbind(0)
     x_tilde = _two_step_torch(z_t.detach(), z_tpp.detach(), ratio, den)
     return _loss_torch(out, z_t, x_tilde, alpha_t, sigma_t, w, param)

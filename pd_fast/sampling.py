@@ -23,6 +23,7 @@ import torch
 
 from ._backend import backend_for
 from ._checks import (
+    FLOAT_DTYPES,
     check_coefs,
     coef,
     labels_tensor,
@@ -33,7 +34,19 @@ from ._checks import (
     steps_count,
     tensor,
 )
-from ._engine import Guide, Model, StepCoefs, StepRule, apply, graphed_loop, loop, on_cpu, plan, prepare
+from ._engine import (
+    CapturedLoop,
+    Guide,
+    Model,
+    StepCoefs,
+    StepRule,
+    apply,
+    graphed_loop,
+    loop,
+    on_cpu,
+    plan,
+    prepare,
+)
 from .parameterizations import NULL_LABEL
 
 SAMPLERS = ("ddim", "ancestral", "stochastic")
@@ -293,7 +306,7 @@ def sample(
         generator = torch.Generator(device=z.device)
         generator.manual_seed(seed)
     if cuda_graph:
-        return graphed_loop(model, z, steps_plan, param, clip, generator, seed, backend, guide)
+        return graphed_loop(model, z, steps_plan, param, clip, generator, backend, guide)
     return loop(model, z, steps_plan, param, clip, generator, backend, progress, guide=guide)
 
 
@@ -313,3 +326,111 @@ def guide_for(labels: Any, w: Any, z: torch.Tensor) -> Guide | None:
     labels = labels_tensor(labels, batch, device)
     w = w.to(torch.float32).contiguous() if guided else None
     return Guide(labels, torch.full_like(labels, NULL_LABEL), w)
+
+
+class Sampler:
+    """`sample` for a fixed model, example shape, step count and schedule, planned once
+    (docs/spec.md section 3; the steps of `ddim_coefs` / `ancestral_coefs`): the per-step
+    coefficients are computed on the first call with a given batch size and reused, and with
+    `cuda_graph=True` the whole loop is captured in a CUDA graph on that first call and only
+    replayed afterwards (a serving loop pays the capture once, not per call as
+    `sample(cuda_graph=True)` does). Elsewhere it runs `sample`'s plain loop.
+
+    `shape`: one example's shape (z is (B, *shape)); `device`, `dtype`: those of z (fp32, fp16 or
+    bf16). `sampler(z, generator)` returns what `sample(model, z, steps, schedule, param, ...)`
+    returns, the noise of stochastic samplers drawn from `generator` (else torch's default
+    generator of the device) as `sample` draws it from its seeded generator: `sample(..., seed=s)`
+    equals `sampler(z, torch.Generator(device).manual_seed(s))`. `sampler.sample(batch, generator)`
+    first draws `z = randn((batch, *shape))` from the same generator. Runs under
+    `torch.no_grad()`; with `cuda_graph=True` the model must be capturable (no host syncs), and
+    seeded or stochastic sampling needs torch >= 2.4.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        shape: Any,
+        steps: int,
+        schedule: Any,
+        param: str,
+        *,
+        clip: bool = False,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        variance: str = "fixed_large",
+        device: Any = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cuda_graph: bool = False,
+    ) -> None:
+        self.steps = steps_count(steps)
+        self.param = param_name(param)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        try:
+            self.shape = tuple(operator.index(s) for s in shape)
+        except TypeError as err:
+            raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}") from err
+        if any(s < 1 for s in self.shape):
+            raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}")
+        try:
+            self.device = torch.device(device)
+        except (TypeError, RuntimeError) as err:
+            raise ValueError(f"device must name a torch device, got {device!r}") from err
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got {self.device}")
+        self.model, self.schedule, self.clip, self.dtype = model, schedule, bool(clip), dtype
+        self.cuda_graph = bool(cuda_graph)
+        self.rule = step_rule(sampler, _eta(eta), _variance(variance))
+        self._plans: dict[tuple[int, str], Any] = {}  # (batch, backend) -> Plan or CapturedLoop
+
+    def _prepared(self, z: torch.Tensor, backend: str) -> Any:
+        key = (z.shape[0], backend)
+        prepared = self._plans.get(key)
+        if prepared is None:
+            prepared = plan(z, self.steps, self.schedule, self.rule, backend)
+            if self.cuda_graph:
+                generator = torch.Generator(device=z.device) if prepared.noisy else None
+                prepared = CapturedLoop(self.model, z, prepared, self.param, self.clip, generator, backend)
+            self._plans[key] = prepared
+        return prepared
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_hat from `z = z_1`, (B, *shape) on the sampler's device, in its dtype."""
+        z = tensor("z", z)
+        if tuple(z.shape[1:]) != self.shape:
+            raise ValueError(f"z must have shape (B, *{self.shape}), got {tuple(z.shape)}")
+        if z.device != self.device:
+            raise ValueError(f"z is on {z.device} but the sampler runs on {self.device}")
+        if z.dtype != self.dtype:
+            raise ValueError(f"z has dtype {z.dtype} but the sampler runs in {self.dtype}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        backend = backend_for(z)
+        prepared = self._prepared(z, backend)
+        if not self.cuda_graph:
+            return loop(self.model, z, prepared, self.param, self.clip, generator, backend)
+        if not prepared.plan.noisy:
+            return prepared(z)
+        # the graph draws from its own registered generator: hand it the caller's state, and back
+        source = generator
+        if source is None:
+            index = z.device.index if z.device.index is not None else torch.cuda.current_device()
+            source = torch.cuda.default_generators[index]
+        prepared.generator.set_state(source.get_state())
+        x_hat = prepared(z)
+        source.set_state(prepared.generator.get_state())
+        return x_hat
+
+    @torch.no_grad()
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`self(z, generator)` with `z = randn((batch, *shape))` drawn first from `generator`."""
+        if isinstance(batch, bool) or not hasattr(batch, "__index__") or operator.index(batch) < 1:
+            raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+        batch = operator.index(batch)
+        z = torch.randn((batch, *self.shape), generator=generator, device=self.device, dtype=self.dtype)
+        return self(z, generator)

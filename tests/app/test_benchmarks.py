@@ -6,17 +6,24 @@ samples as the float64 reference (a benchmark that timed wrong math would fail h
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+import pd_fast
 import pd_ref
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -25,14 +32,28 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def scripts(monkeypatch):
-    """The two scripts imported as modules (their folder on sys.path, as when run directly);
-    torch's thread count, which `main` sets, is restored afterwards."""
+    """steps_vs_latency and kernels imported as modules (their folder on sys.path, as when run
+    directly); torch's thread count, which `main` sets, is restored afterwards."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in ("_common", "steps_vs_latency", "kernels"):
+    for name in ("_common", "steps_vs_latency", "kernels", "distill_step"):
         sys.modules.pop(name, None)
     threads = torch.get_num_threads()
     yield importlib.import_module("steps_vs_latency"), importlib.import_module("kernels")
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def distill(scripts):
+    """benchmarks/distill_step.py imported as a module (see `scripts`)."""
+    return importlib.import_module("distill_step")
+
+
+def k_diffusion_imports() -> bool:
+    try:
+        import k_diffusion.sampling  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 def _positive(x) -> bool:
@@ -57,6 +78,8 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
     steps_vs_latency, _ = scripts
     argv = "--steps 1,2,4 --batch 2 --mlp-dim 4 --mlp-hidden 8 --mlp-depth 1 --unet-ch 4 --unet-size 4"
     returned = steps_vs_latency.main([*argv.split(), "--repeats", "1", "--budget", "0.2", "--threads", "1",
+                                      "--overhead-batches", "1,3", "--overhead-steps", "4",
+                                      "--overhead-repeats", "2",
                                       "--out", str(tmp_path)])  # fmt: skip
     payload = json.loads((tmp_path / "steps_vs_latency.json").read_text())
     assert payload == json.loads(json.dumps(returned))
@@ -64,10 +87,16 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
     _check_png(tmp_path / "steps_vs_latency.png")
 
     on_cpu = payload["machine"]["device"] == "cpu"
-    ran = {"pd_ref", "naive_torch", "pd_fast_torch"} | (set() if on_cpu else {"triton", "triton_graph"})
-    if on_cpu:  # the CUDA-only backends are skipped with a reason, not dropped silently
-        assert {s["backend"] for s in payload["skipped"]} == {"triton", "triton_graph"}
-        assert all(s["reason"] for s in payload["skipped"])
+    ran = {"pd_ref", "naive_torch", "diffusers", "pd_fast_torch"} | (
+        set() if on_cpu else {"triton", "triton_graph"}
+    )
+    absent = set() if k_diffusion_imports() else {"k_diffusion"}
+    ran |= {"k_diffusion"} - absent
+    # the backends that cannot run here are skipped with a reason, once each, not dropped silently
+    assert {s["backend"] for s in payload["skipped"]} == absent | (
+        {"triton", "triton_graph"} if on_cpu else set()
+    )
+    assert all(s["reason"] and "model" not in s for s in payload["skipped"])
     rows = payload["rows"]
     assert {(r["backend"], r["model"], r["steps"]) for r in rows} == {
         (b, m, n) for b in ran for m in ("mlp", "unet") for n in (1, 2, 4)
@@ -79,9 +108,58 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
         assert r["per_step_ms"] == pytest.approx(r["total_ms"] / r["steps"], rel=1e-4)
         assert r["update_share"] == pytest.approx(r["update_ms"] / r["per_step_ms"], rel=1e-2)
         assert r["repeats"] >= 1
-    # every backend samples what pd_ref (float64) samples, to fp32 rounding
+    # every backend samples what pd_ref (float64) samples, to fp32 rounding; k-diffusion's
+    # variance-exploding view (x = z/alpha_1, alpha_1 ~ 4.5e-5) only has to run
     for key, info in payload["backends"].items():
-        assert info["max_abs_diff_vs_pd_ref_at_4_steps"] < 1e-4, key
+        diff = info["max_abs_diff_vs_pd_ref_at_4_steps"]
+        assert diff < (1e-1 if key.startswith("k_diffusion") else 1e-4), key
+
+    # overhead mode: every backend at every batch, us per step = total / N, ratios to diffusers
+    us, vs = payload["overhead_us_per_step"], payload["overhead_vs_diffusers"]
+    assert set(us) == ran and all(set(per) == {"1", "3"} for per in us.values())
+    for r in payload["overhead"]["rows"]:
+        assert r["steps"] == 4 and _positive(r["us_per_step"])
+        assert r["us_per_step"] == pytest.approx(r["total_ms"] / 4 * 1e3, rel=1e-4)
+        assert r["max_abs_diff_vs_pd_ref_at_4_steps"] < (1e-1 if r["backend"] == "k_diffusion" else 1e-4)
+        ratio = us["diffusers"][str(r["batch"])] / r["us_per_step"]
+        assert vs[r["backend"]][str(r["batch"])] == pytest.approx(ratio, rel=1e-3)
+        if r["cpu_us_per_step"] is not None:  # a CPU with one torch thread: the thread's CPU time too
+            assert _positive(r["cpu_us_per_step"])
+            cpu_ratio = (
+                payload["overhead_cpu_us_per_step"]["diffusers"][str(r["batch"])] / r["cpu_us_per_step"]
+            )
+            assert payload["overhead_cpu_vs_diffusers"][r["backend"]][str(r["batch"])] == pytest.approx(
+                cpu_ratio, rel=1e-3
+            )
+
+
+def test_quick_runs_write_to_a_temporary_folder_not_the_committed_results(
+    scripts, distill, monkeypatch, tmp_path
+):
+    """`--quick` without `--out` leaves benchmarks/results/ alone."""
+    steps_vs_latency, kernels = scripts
+    import _common
+
+    committed = tmp_path / "committed"
+    monkeypatch.setattr(_common, "RESULTS", committed)
+    tiny = "--min-log2 12 --max-log2 12 --dtypes fp32 --ops step --repeats 1 --warmup 0 --threads 1"
+    payload = kernels.main(["--quick", *tiny.split()])
+    out = Path(payload["settings"]["out"])
+    assert (out / "kernels.json").exists() and out.parent == Path(tempfile.gettempdir())
+    argv = (
+        "--steps 1 --models mlp --backends pd_fast_torch --batch 2 --mlp-dim 4 --mlp-hidden 8 --mlp-depth 1"
+    )
+    payload = steps_vs_latency.main(
+        ["--quick", *argv.split(), "--overhead-batches", "1", "--overhead-steps", "2"]
+    )
+    assert Path(payload["settings"]["out"]) != out and Path(payload["settings"]["out"]).exists()
+    payload = distill.main(["--quick", "--models", "mlp", "--memory", "off"])
+    assert Path(payload["settings"]["out"]).parent == Path(tempfile.gettempdir())
+    assert {r["impl"] for r in payload["rows"]} == {"pd_fast", "eager"}
+    assert not committed.exists()
+    assert kernels.main([*tiny.split(), "--out", str(tmp_path / "given")])["settings"]["out"] == str(
+        tmp_path / "given"
+    )
 
 
 def test_kernels_tiny_run_reports_bandwidth_against_copy_and_correct_results(scripts, tmp_path):
@@ -146,6 +224,7 @@ def test_a_backend_that_raises_is_skipped_with_its_reason_not_fatal(scripts, tmp
 
     monkeypatch.setattr(steps_vs_latency, "make_naive", broken)
     argv = "--steps 1 --models mlp --backends naive_torch,pd_fast_torch --batch 2 --mlp-dim 4 --mlp-hidden 8"
+    argv += " --mode latency"
     payload = steps_vs_latency.main(
         [*argv.split(), "--repeats", "1", "--threads", "1", "--out", str(tmp_path)]
     )
@@ -193,3 +272,198 @@ def test_steps_vs_latency_timed_updates_are_pd_refs_ddim_step(scripts):
         for name, update in updates.items():
             got = update().double().cpu().numpy()
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_distill_step_tiny_run_checks_both_against_pd_ref_and_reports_ratios(distill, tmp_path):
+    argv = "--models mlp,unet --batch 3,2 --steps 4 --iters 1 --rounds 3 --warmup 1"
+    argv += " --mlp-hidden 8 --unet-ch 8"
+    returned = distill.main([*argv.split(), "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "distill_step.json").read_text())
+    assert payload == json.loads(json.dumps(returned))
+    _check_header(payload)
+    _check_png(tmp_path / "distill_step.png")
+    rows, ratios = payload["rows"], payload["ratios"]
+    assert {(r["impl"], r["model"], r["batch"]) for r in rows} == {
+        (i, m, b) for i in ("pd_fast", "eager") for m in ("mlp", "unet") for b in (3, 2)
+    }
+    for r in rows:
+        assert r["steps"] == 4 and r["rounds"] == 3
+        assert _positive(r["ms_per_iter"]) and _positive(r["loss_ms"])
+        assert r["iters_per_s"] == pytest.approx(1e3 / r["ms_per_iter"], rel=1e-4)
+        assert r["loss_share"] == pytest.approx(r["loss_ms"] / r["ms_per_iter"], rel=1e-2)
+        assert r["peak_mib"] is None or r["peak_mib"] >= 0
+        # both implementations compute pd_ref's float64 loss, to fp32 rounding (amplified ~N by the target)
+        assert r["max_rel_diff_vs_pd_ref"] < 1e-3, r
+    for q in ratios:
+        assert q["pd_fast_over_eager"] == pytest.approx(float(np.median(q["per_round"])), rel=1e-3)
+        if payload["machine"]["device"] == "cpu":
+            assert _positive(q["pd_fast_over_eager_cpu_time"])
+
+
+def test_distill_step_iterations_train_the_same_student(distill):
+    """Both timed iterations are real training steps of the same math: from the same weights and
+    batches, the two students move away from the teacher and stay together."""
+    args = distill.settle(distill.build_parser().parse_args("--quick --steps 4 --mlp-hidden 16".split()))
+    s = distill.Setup("mlp", 8, args, torch.device("cpu"))
+    for name in distill.IMPLS:
+        run = distill.iteration(s, name)
+        for _ in range(3):
+            run()
+    teacher = torch.cat([p.flatten() for p in s.teacher.parameters()])
+    moved = {n: torch.cat([p.detach().flatten() for p in s.students[n].parameters()]) for n in distill.IMPLS}
+    step = (moved["pd_fast"] - teacher).abs().max()
+    assert step > 1e-6
+    assert (moved["pd_fast"] - moved["eager"]).abs().max() < 1e-2 * step
+
+
+class _StandInCuda:
+    """Enough of torch.cuda for `_common.capture` on a CPU host: streams, a graph whose replay is
+    logged, and `torch.cuda.graph` with (or, `liveness=False`, without) `check_input_liveness`."""
+
+    def __init__(self, monkeypatch, liveness: bool = True) -> None:
+        self.log: list = []
+        log = self.log
+
+        class Stream:
+            def __init__(self, device=None) -> None:
+                log.append(("new stream", self))
+
+            def wait_stream(self, other) -> None:
+                pass
+
+        class Graph:
+            def replay(self) -> None:
+                log.append("replay")
+
+        @contextlib.contextmanager
+        def stream(s):
+            log.append(("on", s))
+            yield
+
+        def graph(g, pool=None, stream=None, capture_error_mode="global", **kw):
+            log.append(("capture on", stream, kw))
+            return contextlib.nullcontext()
+
+        if liveness:
+
+            def graph(g, pool=None, stream=None, capture_error_mode="global", check_input_liveness=False):  # noqa: F811
+                log.append(("capture on", stream, {"check_input_liveness": check_input_liveness}))
+                return contextlib.nullcontext()
+
+        class Current:
+            def wait_stream(self, other) -> None:
+                pass
+
+        current = Current()
+        for name, value in (("Stream", Stream), ("CUDAGraph", Graph), ("stream", stream), ("graph", graph),
+                            ("current_stream", lambda device=None: current)):  # fmt: skip
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+@pytest.mark.parametrize("liveness", [True, False])
+def test_capture_keeps_what_the_graph_reads_alive_and_captures_on_its_side_stream(
+    scripts, monkeypatch, liveness
+):
+    """The captured closure (which owns the graph's inputs) lives as long as the replay callable;
+    warm-up and capture run on the side stream, passed explicitly; torch's input-liveness check is
+    asked for where `torch.cuda.graph` has it."""
+    import _common
+
+    cuda = _StandInCuda(monkeypatch, liveness)
+
+    class Inputs:  # what a captured sampler reads: a plan, times, coefficients
+        pass
+
+    inputs = Inputs()
+    alive = weakref.ref(inputs)
+    replay = _common.capture(lambda owned=inputs: ("x_hat", owned), torch.device("cuda"))
+    del inputs
+    gc.collect()
+    assert alive() is not None
+    result = replay()
+    assert result[0] == "x_hat" and cuda.log[-1] == "replay"
+    side = cuda.log[0][1]
+    assert cuda.log[:3] == [("new stream", side), ("on", side), ("capture on", side, cuda.log[2][2])]
+    assert cuda.log[2][2] == ({"check_input_liveness": True} if liveness else {})
+    del replay, result
+    gc.collect()
+    assert alive() is None
+
+
+def test_diffusers_scheduler_from_the_cosine_schedule_steps_as_pd_ref(scripts):
+    """The exported DDIMScheduler has alpha_bar((k + 1)/T) at timestep k (float32 cumprod), lands
+    on the grid t = i/N, and its step (the update the benchmark times) is pd_ref's DDIM step."""
+    steps_vs_latency, _ = scripts
+    ref = pd_ref.CosineSchedule()
+    for n in (4, 16, 1000):
+        scheduler, big_t = steps_vs_latency.ddim_scheduler(n, pd_fast.CosineSchedule())
+        assert big_t % n == 0 and big_t >= 1000
+        k = np.arange(big_t)
+        want = ref.alpha_sigma((k + 1) / big_t)[0] ** 2
+        np.testing.assert_allclose(scheduler.alphas_cumprod.double().numpy(), want, rtol=2e-4)
+        scheduler.set_timesteps(n)
+        np.testing.assert_array_equal((scheduler.timesteps.numpy() + 1) / big_t, np.arange(n, 0, -1) / n)
+    args = steps_vs_latency.settle(
+        steps_vs_latency.build_parser().parse_args("--batch 3 --mlp-dim 5".split())
+    )
+    model, z = steps_vs_latency.build("mlp", args, torch.device("cpu"))
+    with torch.inference_mode():
+        got = steps_vs_latency.make_diffusers(model, z).update().double().numpy()
+        out = model(z, torch.full((3,), 0.75)).double().numpy()
+    expected = pd_ref.ddim_step(z.double().numpy(), out, *ref.alpha_sigma(0.75), *ref.alpha_sigma(0.5), "v")
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_k_diffusion_wrapper_is_the_v_model_in_the_variance_exploding_view(scripts):
+    """VDenoiser(x, sigma) at sigma = sigma_t/alpha_t, x = z/alpha_t is pd_ref's x_hat of the v
+    model at (z, t); the sigmas are sigma_t/alpha_t on the grid t = i/N, then 0."""
+    steps_vs_latency, _ = scripts
+    ref = pd_ref.CosineSchedule()
+    t = np.array([1.0, 0.5, 1 / 8])
+    alpha, sigma = ref.alpha_sigma(t)
+    z = np.random.default_rng(0).standard_normal((3, 4))
+    model = steps_vs_latency.ResidualMLP(4, hidden=8, depth=1, param="v")
+    with torch.no_grad():
+        for p in model.out.parameters():
+            p.normal_(0.0, 0.1)
+        denoiser = steps_vs_latency.VDenoiser(model, pd_fast.CosineSchedule())
+        x = torch.from_numpy(z / alpha[:, None]).float()
+        got = denoiser(x, torch.from_numpy(sigma / alpha).float()).double().numpy()
+        out = model(torch.from_numpy(z).float(), torch.from_numpy(t).float()).double().numpy()
+    expected = pd_ref.predict_x_eps(z, out, alpha, sigma, "v")[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    sigmas = steps_vs_latency.k_sigmas(8, pd_fast.CosineSchedule(), torch.device("cpu")).double().numpy()
+    a8, s8 = ref.alpha_sigma(np.arange(8, 0, -1) / 8)
+    np.testing.assert_allclose(sigmas, np.append(s8 / a8, 0.0), rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_captured_benchmark_graphs_replay_correctly_after_their_inputs_go_out_of_scope(scripts):
+    """A graph captured by `_common.capture` reads tensors only its closure owns; replays after
+    other allocations and `empty_cache()` still compute the right thing."""
+    import _common
+
+    device = torch.device("cuda")
+
+    def make() -> Any:
+        a = torch.arange(1 << 16, device=device, dtype=torch.float32)
+        return _common.capture(lambda: a * 2.0 + 1.0, device)
+
+    replay = make()
+    junk = [torch.full((1 << 16,), 7.0, device=device) for _ in range(16)]
+    del junk
+    torch.cuda.empty_cache()
+    expected = torch.arange(1 << 16, device=device, dtype=torch.float32) * 2.0 + 1.0
+    for _ in range(3):
+        torch.testing.assert_close(replay(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_stops_with_a_clear_line_without_cuda(tmp_path):
+    run = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")], env={**os.environ, "OUT": str(tmp_path / "out")},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "no CUDA device" in run.stdout and "nothing was run" in run.stdout
+    assert not (tmp_path / "out").exists()

@@ -146,3 +146,68 @@ def test_cuda_graph_sample_equals_eager(cuda_backend, sampler, eta, seed, dtype)
         torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
         if seed is not None:  # the noise matters, and a new seed gives a new sample
             assert not torch.equal(graphed, pd_fast.sample(*args, **kwargs, seed=seed + 1, cuda_graph=True))
+
+
+def _count_graphs(monkeypatch) -> list[int]:
+    """Counts the CUDA graphs pd_fast creates from here on."""
+    made = []
+    real = torch.cuda.CUDAGraph
+
+    class Counted(real):
+        def __new__(cls, *args, **kwargs):
+            made.append(1)
+            return real.__new__(cls, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Counted)
+    return made
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize(("sampler", "eta"), [("ddim", 0.0), ("ddim", 0.5), ("ancestral", 0.0)])
+def test_graphed_sampler_captures_once_and_replays_the_eager_loop(
+    cuda_backend, monkeypatch, sampler, eta, dtype
+):
+    """`Sampler(cuda_graph=True)` captures on its first call and only replays afterwards; every
+    replay equals the eager `sample` bitwise (seeded: the same noise), also after the memory
+    around the graph was freed and reused, and advances the caller's generator as `sample` does."""
+    made = _count_graphs(monkeypatch)
+    shape, steps, param = (4, 16, 16), 12, "v"
+    run = pd_fast.Sampler(
+        gaussian_model(param), shape, steps, pd_fast.CosineSchedule(), param, clip=True, sampler=sampler,
+        eta=eta, device="cuda", dtype=DTYPES[dtype], cuda_graph=True,
+    )  # fmt: skip
+    for seed in (1, 2, 3):
+        z = torch.randn(3, *shape, device="cuda").to(DTYPES[dtype])
+        eager = pd_fast.sample(
+            gaussian_model(param), z, steps, pd_fast.CosineSchedule(), param, clip=True, sampler=sampler,
+            eta=eta, seed=seed,
+        )  # fmt: skip
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        torch.testing.assert_close(run(z, gen), eager, rtol=0, atol=0)
+        junk = [torch.randn(1 << 20, device="cuda") for _ in range(8)]  # reuse freed memory, if any
+        del junk
+        torch.cuda.empty_cache()
+        torch.testing.assert_close(
+            run(z, torch.Generator(device="cuda").manual_seed(seed)), eager, rtol=0, atol=0
+        )
+        if sampler == "ancestral" or eta > 0:  # the generator moved on exactly as in an eager run
+            after = torch.Generator(device="cuda").manual_seed(seed)
+            for _ in range(steps - 1):
+                torch.randn(z.shape, generator=after, device="cuda", dtype=z.dtype)
+            assert torch.equal(
+                torch.rand(4, generator=gen, device="cuda"), torch.rand(4, generator=after, device="cuda")
+            )
+    assert len(made) == 1
+
+
+def test_graphed_sampler_without_generator_draws_from_the_default_one(cuda_backend):
+    run = pd_fast.Sampler(
+        gaussian_model("eps"), (2, 8), 6, pd_fast.CosineSchedule(), "eps", sampler="ancestral", device="cuda",
+        cuda_graph=True,
+    )  # fmt: skip
+    z = torch.randn(5, 2, 8, device="cuda")
+    torch.cuda.manual_seed(7)
+    graphed = run(z)
+    torch.cuda.manual_seed(7)
+    eager = pd_fast.sample(gaussian_model("eps"), z, 6, pd_fast.CosineSchedule(), "eps", sampler="ancestral")
+    torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
