@@ -330,7 +330,11 @@ class _Dist:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.active:
+        if not self.active:
+            return
+        if dist.get_backend() == "nccl":  # NCCL needs the rank's own device, set by the launcher
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
             dist.barrier()
 
 

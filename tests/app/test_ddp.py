@@ -102,3 +102,19 @@ def test_resuming_with_another_world_size_is_rejected(ddp_run: Path) -> None:
             teacher, eight_gaussians(256, seed=1), 4, 1, out_dir=ddp_run / "a", resume=True, progress=False,
             seed=3, **{k: v for k, v in _ddp_worker.DISTILL.items() if k not in ("ckpt_every", "log_every")},
         )  # fmt: skip
+
+
+def test_barrier_under_nccl_names_the_rank_device(monkeypatch):
+    """Under NCCL a barrier must name the rank's own device (else NCCL guesses device 0 on every
+    rank); gloo takes none. Checked through stand-ins, as no GPU is needed for the logic."""
+    from pd_fast.app import training
+
+    calls = []
+    monkeypatch.setattr(training.dist, "barrier", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(training.torch.cuda, "current_device", lambda: 3)
+    ctx = training._Dist(rank=1, world=2)
+    monkeypatch.setattr(training.dist, "get_backend", lambda: "nccl")
+    ctx.barrier()
+    monkeypatch.setattr(training.dist, "get_backend", lambda: "gloo")
+    ctx.barrier()
+    assert calls == [{"device_ids": [3]}, {}]
