@@ -170,12 +170,12 @@ def teacher_at(run: Path, teacher_dir: Path, steps: int, seed: int) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (tests)")
-    p.add_argument("--teacher-iters", type=int, default=6000)
+    p.add_argument("--teacher-iters", type=int, default=3000)
     p.add_argument("--teacher-batch", type=int, default=128)
-    p.add_argument("--teacher-lr", type=float, default=1e-3)
-    p.add_argument("--unet-channels", default="32,64", help="block_out_channels, comma separated")
+    p.add_argument("--teacher-lr", type=float, default=2e-3)
+    p.add_argument("--unet-channels", default="16,32", help="block_out_channels, comma separated")
     p.add_argument("--unet-layers", type=int, default=1, help="layers_per_block")
-    p.add_argument("--iters", type=int, default=300, help="distillation iterations per round")
+    p.add_argument("--iters", type=int, default=400, help="distillation iterations per round")
     p.add_argument("--start-steps", type=int, default=None, help="default: the CLI's (128 for T = 1000)")
     p.add_argument("--end-steps", type=int, default=1)
     p.add_argument("--eval-max-steps", type=int, default=256)
@@ -193,11 +193,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import diffusers
     from diffusers import DDPMPipeline
 
     from pd_fast.app.data import digits
 
     args = parse_args(argv)
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     threads = _common.set_threads(args.threads)
     work = Path(args.out or os.path.join("runs", time.strftime("diffusers_teacher-%Y%m%d-%H%M%S")))
     work.mkdir(parents=True, exist_ok=True)

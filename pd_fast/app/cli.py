@@ -16,10 +16,11 @@ continues from its last checkpoint.
 `--teacher DIR` with a diffusers pipeline folder (`model_index.json`, `unet/`, `scheduler/`; needs
 `pip install -e .[diffusers]`) distills that `UNet2DModel` instead (`_run_diffusers`): the data is
 fitted to the UNet's channels and `sample_size`; `--start-steps` defaults to 128 (16 with
-`--quick`) lowered to the largest power of two <= T; the students are v models (`--param`), and an
-eps or x teacher first gets a student of that param that learns its own start-steps DDIM
-(`pd_fast.app.reparam`); everything is evaluated as the exported pipelines sample (no clipping),
-and every student whose N divides T is written to `OUT/diffusers/student_<N>/` (`DDIMPipeline`).
+`--quick`, which also uses batches of 64) lowered to the largest power of two <= T; the students
+are v models (`--param`), and an eps or x teacher first gets a student of that param that learns
+its own start-steps DDIM (`pd_fast.app.reparam`; `--reparam-iters`, default 2 x `--iters`);
+everything is evaluated as the exported pipelines sample (no clipping), and every student whose
+N divides T is written to `OUT/diffusers/student_<N>/` (a `DDIMPipeline` folder).
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ DEFAULTS: dict[str, Any] = dict(
 QUICK: dict[str, Any] = dict(
     hidden=128, teacher_iters=800, start_steps=16, iters=100, eval_max_steps=16, ckpt_every=100
 )
+# --quick with a diffusers teacher: a UNet costs more per example than the MLP, so smaller batches.
+QUICK_DIFFUSERS: dict[str, Any] = dict(batch_size=64)
 # Settings that define a run (saved in config.json, reused by --resume).
-RUN_KEYS = tuple(DEFAULTS) + ("teacher", "quick", "resolution")
+RUN_KEYS = tuple(DEFAULTS) + ("teacher", "quick", "resolution", "reparam_iters")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CKPT|DIR",
         help="teacher checkpoint (.safetensors), or a diffusers pipeline folder (model_index.json, unet/, "
         "scheduler/: a UNet2DModel); skips teacher training",
+    )
+    p.add_argument(
+        "--reparam-iters",
+        type=int,
+        help="diffusers teacher of another param than --param: iterations of the stage in which the "
+        "student learns the teacher's own start-steps DDIM (default 2 x --iters)",
     )
     p.add_argument("--teacher-iters", type=int, help="teacher training iterations (default 6000)")
     p.add_argument("--teacher-lr", type=float, help="teacher learning rate")
@@ -175,12 +184,16 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     settings.update(given)
     settings.setdefault("teacher", None)
     settings.setdefault("resolution", None)
+    settings.setdefault("reparam_iters", None)
     settings["quick"] = bool(args.quick)
-    if "start_steps" not in given and _diffusers_teacher(settings["teacher"]):
+    if _diffusers_teacher(settings["teacher"]):
         from ..integrations.diffusers import default_start_steps, read_num_train_timesteps
 
-        T = read_num_train_timesteps(settings["teacher"])
-        settings["start_steps"] = default_start_steps(T, settings["start_steps"])
+        if args.quick:
+            settings.update({k: v for k, v in QUICK_DIFFUSERS.items() if k not in given})
+        if "start_steps" not in given:
+            T = read_num_train_timesteps(settings["teacher"])
+            settings["start_steps"] = default_start_steps(T, settings["start_steps"])
     if out is None:
         out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if glob.glob(os.path.join(out, "checkpoints", "*_state.json")):
@@ -211,6 +224,12 @@ def _check_settings(s: dict[str, Any]) -> None:
             f"--start-steps must be --end-steps times a power of 2 (>= 2), got {s['start_steps']} and "
             f"{s['end_steps']}"
         )
+    if s.get("reparam_iters") is not None and (
+        isinstance(s["reparam_iters"], bool)
+        or not isinstance(s["reparam_iters"], int)
+        or s["reparam_iters"] < 1
+    ):
+        raise ValueError(f"--reparam-iters must be a positive integer, got {s['reparam_iters']!r}")
     resolution = s.get("resolution")
     if resolution is not None and (
         isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2
@@ -459,6 +478,7 @@ def _run_diffusers(
     t0 = time.perf_counter()
     current, first_students, reparam_info = teacher, {}, None
     if param != teacher_param:
+        reparam_iters = settings.get("reparam_iters") or 2 * settings["iters"]
         stem = Path(out) / "checkpoints" / f"reparam_{start}"
         if resume and stem.with_suffix(".safetensors").is_file():
             current = copy.deepcopy(teacher)
@@ -472,7 +492,7 @@ def _run_diffusers(
                 schedule=schedule,
                 teacher_param=teacher_param,
                 param=param,
-                iters=settings["iters"],
+                iters=reparam_iters,
                 batch_size=settings["batch_size"],
                 lr=settings["lr"],
                 seed=settings["seed"],
@@ -483,7 +503,7 @@ def _run_diffusers(
                 "schedule": schedule_to_dict(schedule),
                 "param": param,
                 "teacher_param": teacher_param,
-                "iters": settings["iters"],
+                "iters": reparam_iters,
                 "loss_first_10": sum(losses[:10]) / len(losses[:10]),
                 "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
             }

@@ -176,6 +176,9 @@ def test_cifar10_archive_gives_the_training_images_in_cifar_layout(tmp_path):
     np.testing.assert_array_equal(data.labels.numpy(), labels)
     small = load_cifar10(str(archive), resolution=16, channels=1)
     assert small.x.shape == (15, 1, 16, 16)
+    gray = load_cifar10(str(archive), channels=1)  # ITU-R 601-2 luma of the RGB pixel
+    rgb = rows[n].reshape(3, 32, 32)[:, h, w].astype(np.float64)
+    assert float(gray.x[n, 0, h, w]) == pytest.approx(rgb @ [0.299, 0.587, 0.114] / 127.5 - 1, abs=1e-6)
     for protocol in (3, 4, 5):  # archives rewritten by Python 3 tools load too
         members = {f"cifar-10-batches-py/data_batch_{i + 1}": pickle.dumps(b, protocol=protocol)
                    for i, b in enumerate(batches)}  # fmt: skip
