@@ -28,6 +28,15 @@ itself (gloo on CPU; NCCL on CUDA, rank r on `cuda:LOCAL_RANK`) and trains with
 DistributedDataParallel, each rank on its shard of the data; rank 0 alone holds the lock, writes,
 evaluates and reports (the report records the world size and every rank's final weights'
 fingerprints).
+
+`--teacher DIR` with a diffusers pipeline folder (`model_index.json`, `unet/`, `scheduler/`; needs
+`pip install -e .[diffusers]`) distills that `UNet2DModel` instead (`_run_diffusers`): the data is
+fitted to the UNet's channels and `sample_size`; `--start-steps` defaults to 128 (16 with
+`--quick`, which also uses batches of 64) lowered to the largest power of two <= T; the students
+are v models (`--param`), and an eps or x teacher first gets a student of that param that learns
+its own start-steps DDIM (`pd_fast.app.reparam`; `--reparam-iters`, default 2 x `--iters`);
+everything is evaluated as the exported pipelines sample (no clipping), and every student whose
+N divides T is written to `OUT/diffusers/student_<N>/` (a `DDIMPipeline` folder).
 """
 
 from __future__ import annotations
@@ -75,8 +84,10 @@ DEFAULTS: dict[str, Any] = dict(
 QUICK: dict[str, Any] = dict(
     hidden=128, teacher_iters=800, start_steps=16, iters=100, eval_max_steps=16, ckpt_every=100
 )
+# --quick with a diffusers teacher: a UNet costs more per example than the MLP, so smaller batches.
+QUICK_DIFFUSERS: dict[str, Any] = dict(batch_size=64)
 # Settings that define a run (saved in config.json, reused by --resume).
-RUN_KEYS = tuple(DEFAULTS) + ("teacher", "quick")
+RUN_KEYS = tuple(DEFAULTS) + ("teacher", "quick", "resolution", "reparam_iters")
 SEED_MAX = 2**32 - 1  # scikit-learn's data sets take seeds below 2^32
 LOCK_FILE = "run.lock"
 
@@ -89,8 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        help="'digits' (default), 'moons', 'eight_gaussians', or a .npy/.npz path "
-        "holding (N, D), (N, H, W) or (N, C, H, W) in [-1, 1]",
+        help="'digits' (default), 'moons', 'eight_gaussians', a .npy/.npz path "
+        "holding (N, D), (N, H, W) or (N, C, H, W) in [-1, 1], a folder of PNG/JPEG images, or "
+        "cifar10:PATH (the CIFAR-10 python archive cifar-10-python.tar.gz)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        help="center-crop and resize every image to this many pixels a side (default: keep the size; "
+        "for a diffusers teacher, its sample_size)",
     )
     p.add_argument("--out", help="output folder (default runs/<timestamp>)")
     p.add_argument("--quick", action="store_true", help="a small, fast run (start 16 steps, short training)")
@@ -112,7 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="distillation learning rate (annealed linearly to 0 each round)")
     p.add_argument("--batch-size", type=int, help="distillation batch size")
     p.add_argument(
-        "--teacher", metavar="CKPT", help="teacher checkpoint (.safetensors); skips teacher training"
+        "--teacher",
+        metavar="CKPT|DIR",
+        help="teacher checkpoint (.safetensors), or a diffusers pipeline folder (model_index.json, unet/, "
+        "scheduler/: a UNet2DModel); skips teacher training",
+    )
+    p.add_argument(
+        "--reparam-iters",
+        type=int,
+        help="diffusers teacher of another param than --param: iterations of the stage in which the "
+        "student learns the teacher's own start-steps DDIM (default 2 x --iters)",
     )
     p.add_argument("--teacher-iters", type=int, help="teacher training iterations (default 6000)")
     p.add_argument("--teacher-lr", type=float, help="teacher learning rate")
@@ -183,7 +210,17 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         settings.update(QUICK)
     settings.update(given)
     settings.setdefault("teacher", None)
+    settings.setdefault("resolution", None)
+    settings.setdefault("reparam_iters", None)
     settings["quick"] = bool(args.quick)
+    if _diffusers_teacher(settings["teacher"]):
+        from ..integrations.diffusers import default_start_steps, read_num_train_timesteps
+
+        if args.quick:
+            settings.update({k: v for k, v in QUICK_DIFFUSERS.items() if k not in given})
+        if "start_steps" not in given:
+            T = read_num_train_timesteps(settings["teacher"])
+            settings["start_steps"] = default_start_steps(T, settings["start_steps"])
     if out is None:
         out = _default_out()
     _check_free(out)
@@ -255,6 +292,17 @@ def _check_settings(s: dict[str, Any]) -> None:
             f"--start-steps must be --end-steps times a power of 2 (>= 2), got {s['start_steps']} and "
             f"{s['end_steps']}"
         )
+    if s.get("reparam_iters") is not None and (
+        isinstance(s["reparam_iters"], bool)
+        or not isinstance(s["reparam_iters"], int)
+        or s["reparam_iters"] < 1
+    ):
+        raise ValueError(f"--reparam-iters must be a positive integer, got {s['reparam_iters']!r}")
+    resolution = s.get("resolution")
+    if resolution is not None and (
+        isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2
+    ):
+        raise ValueError(f"--resolution must be an integer >= 2, got {resolution!r}")
 
 
 def _device(name: str | None, local_rank: int | None = None) -> torch.device:
@@ -409,7 +457,11 @@ def validate(args: argparse.Namespace, device: torch.device) -> Job:
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise ValueError(f"--threads must be >= 1, got {threads}")
     _check_out(out, args.resume)
-    data = load_data(settings["data"], seed=settings["seed"])
+    if _diffusers_teacher(settings["teacher"]):  # a diffusers folder: its own checks, its own run
+        _diffusers_inputs(settings)
+        _check_memory(settings, (1,), device)
+        return Job(settings, out, device, args.resume, threads, None, None)
+    data = load_data(settings["data"], seed=settings["seed"], resolution=settings.get("resolution"))
     if len(data) < 4:
         raise ValueError(f"--data needs at least 4 examples (evaluation splits it in two), got {len(data)}")
     kwargs = (
@@ -532,8 +584,10 @@ def run(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if _diffusers_teacher(settings["teacher"]):
+        return _run_diffusers(settings, out, device, resume, progress)
     if data is None:
-        data = load_data(settings["data"], seed=settings["seed"])
+        data = load_data(settings["data"], seed=settings["seed"], resolution=settings.get("resolution"))
     if len(data) < 4:
         raise ValueError(f"--data needs at least 4 examples (evaluation splits it in two), got {len(data)}")
     kwargs = (
@@ -693,6 +747,235 @@ def _add_interval(target: dict, comparison: dict | None) -> None:
         f"ratio {target['ratio']:.3f}, 95% interval [{lo:.3f}, {'inf' if hi is None else f'{hi:.3f}'}]: "
         f"{'all' if met else 'not all'} {'<' if strict else '<='} {target['limit']}"
     )
+
+
+def _diffusers_teacher(path: str | None) -> bool:
+    """Whether `--teacher` names a diffusers folder (JSON only: diffusers is not imported here)."""
+    if not path or not os.path.isdir(path):
+        return False
+    from ..integrations.diffusers import is_diffusers_folder
+
+    if not is_diffusers_folder(path):
+        return False
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise ValueError(
+            f"--teacher: {path} is a bare UNet2DModel folder without a schedule; give the pipeline folder "
+            "that save_pretrained writes (model_index.json, unet/, scheduler/)"
+        )
+    return True
+
+
+def _diffusers_inputs(settings: dict[str, Any]) -> tuple[Any, Any, str, Any]:
+    """The diffusers teacher (wrapped), its schedule and param, and the data fitted to its UNet;
+    ValueError with a one-line message if they do not fit (run by `validate` before anything is
+    written, and again by the run)."""
+    from ..integrations.diffusers import PREDICTION_TYPES, from_diffusers
+    from .data import load_data
+
+    path, param = settings["teacher"], settings["param"]
+    if param not in PREDICTION_TYPES.values():
+        raise ValueError(
+            f"--param {param}: a diffusers UNet predicts one of {sorted(PREDICTION_TYPES.values())} "
+            "(its output has the input's channels)"
+        )
+    teacher, schedule, teacher_param = from_diffusers(path)
+    if teacher.conditional:
+        raise ValueError(
+            f"--teacher: {path} holds a class-conditional UNet; the distillation loop is unconditional"
+        )
+    cfg = teacher.unet.config
+    size = (cfg.sample_size,) * 2 if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    resolution = settings.get("resolution")
+    if resolution is not None and (resolution, resolution) != size:
+        raise ValueError(
+            f"--resolution {resolution} differs from the teacher's sample_size {cfg.sample_size} "
+            "(its pipelines sample at sample_size)"
+        )
+    if size[0] == size[1]:
+        resolution = size[0]
+    data = load_data(settings["data"], seed=settings["seed"], resolution=resolution, channels=cfg.in_channels)
+    if data.shape != (cfg.in_channels, *size):
+        raise ValueError(
+            f"--data: examples of shape {data.shape}, the teacher's UNet takes {(cfg.in_channels, *size)}"
+        )
+    if len(data) < 4:
+        raise ValueError(f"--data needs at least 4 examples (evaluation splits it in two), got {len(data)}")
+    return teacher, schedule, teacher_param, data
+
+
+def _merge_rows(teacher_rows: list[dict], student_rows: list[dict]) -> list[dict]:
+    """One row per step count: the teacher's columns from `teacher_rows`, the students' from
+    `student_rows` (the two are evaluated with different params)."""
+    rows = {r["steps"]: dict(r) for r in teacher_rows}
+    for r in student_rows:
+        row = rows.setdefault(r["steps"], dict(r))
+        row.update({k: v for k, v in r.items() if k.startswith("student")})
+        row["sample_seconds"] = r["sample_seconds"]
+    return [rows[n] for n in sorted(rows)]
+
+
+def _run_diffusers(
+    settings: dict[str, Any], out: str, device: torch.device, resume: bool, progress: bool
+) -> dict:
+    """The main job for a diffusers teacher (module docstring); returns the report."""
+    import copy
+
+    from ..integrations.diffusers import to_diffusers
+    from .checkpoint import load_model_checkpoint, save_json, save_model_checkpoint, schedule_to_dict
+    from .evaluation import evaluate_models, make_evaluator
+    from .reparam import reparameterize
+    from .report import format_table, plot_quality, plot_samples
+    from .training import progressive_distill
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    teacher, schedule, teacher_param, data = _diffusers_inputs(settings)
+    path, param = settings["teacher"], settings["param"]
+    T = teacher.num_train_timesteps
+    start, end = settings["start_steps"], settings["end_steps"]
+    teacher = teacher.to(device).eval()
+    x = data.x.to(device)
+    print(
+        f"data: {data.name}, {len(data)} examples of shape {data.shape}; teacher: diffusers UNet2DModel "
+        f"{path} ({sum(p.numel() for p in teacher.parameters()):,} parameters), param={teacher_param}, "
+        f"T={T}; students param={param}; device {device}; out {out}"
+    )
+    model_info = {"kind": "diffusers", "path": os.path.abspath(path), "num_train_timesteps": T}
+    save_json(
+        os.path.join(out, "model.json"),
+        {"model": model_info, "param": param, "teacher_param": teacher_param, "data": data.name},
+    )
+
+    t0 = time.perf_counter()
+    current, first_students, reparam_info = teacher, {}, None
+    if param != teacher_param:
+        reparam_iters = settings.get("reparam_iters") or 2 * settings["iters"]
+        stem = Path(out) / "checkpoints" / f"reparam_{start}"
+        if resume and stem.with_suffix(".safetensors").is_file():
+            current = copy.deepcopy(teacher)
+            reparam_info = load_model_checkpoint(stem, current)
+            current.eval()
+        else:
+            current, losses = reparameterize(
+                teacher,
+                x,
+                start,
+                schedule=schedule,
+                teacher_param=teacher_param,
+                param=param,
+                iters=reparam_iters,
+                batch_size=settings["batch_size"],
+                lr=settings["lr"],
+                seed=settings["seed"],
+                progress=progress,
+            )
+            reparam_info = {
+                "steps": start,
+                "schedule": schedule_to_dict(schedule),
+                "param": param,
+                "teacher_param": teacher_param,
+                "iters": reparam_iters,
+                "loss_first_10": sum(losses[:10]) / len(losses[:10]),
+                "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+            }
+            save_model_checkpoint(stem, current, reparam_info)
+        first_students[start] = current
+        print(
+            f"{teacher_param} -> {param}: a {param} student learned the teacher's {start}-step DDIM "
+            f"(loss {reparam_info['loss_first_10']:.4g} -> {reparam_info['loss_last_10']:.4g})"
+        )
+    timings["reparam_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    students = progressive_distill(
+        current,
+        x,
+        start,
+        end,
+        schedule=schedule,
+        param=param,
+        iters=settings["iters"],
+        last_rounds_factor=settings["last_rounds_factor"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        seed=settings["seed"],
+        out_dir=out,
+        ckpt_every=settings["ckpt_every"],
+        resume=resume,
+        progress=progress,
+    )
+    students = {**first_students, **students}
+    timings["distill_train_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    evaluator = make_evaluator(data.x, data.labels, seed=settings["seed"], cache_dir=out)
+    n_max = max(settings["eval_max_steps"], start)
+    teacher_steps = sorted({2**k for k in range(n_max.bit_length()) if 2**k <= n_max} | set(students))
+    gen = torch.Generator().manual_seed(settings["seed"] + 1)
+    z = torch.randn((evaluator.n_samples,) + data.shape, generator=gen).to(device)
+    # clip=False: what the exported DDIMPipelines (clip_sample=False) and the teacher's DDIM give
+    t_rows, t_samples = evaluate_models(
+        teacher, {}, evaluator, schedule, teacher_param, teacher_steps, z, clip=False
+    )
+    s_rows, s_samples = evaluate_models(teacher, students, evaluator, schedule, param, [], z, clip=False)
+    rows = _merge_rows(t_rows, s_rows)
+    timings["eval_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    exports, skipped = {}, []
+    for n in sorted(students):
+        if T % n:
+            skipped.append(n)
+            continue
+        folder = os.path.join(out, "diffusers", f"student_{n}")
+        to_diffusers(students[n], schedule, param, folder, n)
+        exports[str(n)] = folder
+    timings["export_seconds"] = time.perf_counter() - t0
+    timings["total_seconds"] = time.perf_counter() - t_start
+
+    report: dict[str, Any] = {
+        "metric": f"frechet_{evaluator.metric}",
+        "floor": evaluator.floor[evaluator.metric],
+        "rows": rows,
+        "space": evaluator.metric,
+        "floors": evaluator.floor,
+        "spaces": list(evaluator.floor),
+        "data": data.name,
+        "eval_samples": evaluator.n_samples,
+        "clip": False,
+        "settings": settings,
+        "teacher_param": teacher_param,
+        "param": param,
+        "num_train_timesteps": T,
+        "reparam": reparam_info,
+        "diffusers_exports": exports,
+        "not_exported_steps": skipped,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        **evaluator.info,
+        **timings,
+    }
+    report["targets"] = _targets(rows)
+    save_json(os.path.join(out, "report.json"), report)
+    plot_quality(report, os.path.join(out, "quality_vs_steps.png"))
+    samples = {"teacher": t_samples["teacher"], "student": s_samples["student"]}
+    grid_steps = [n for n in sorted(samples["teacher"]) if n in students or n == max(samples["teacher"])]
+    shown = {"teacher": {n: samples["teacher"][n] for n in grid_steps}, "student": samples["student"]}
+    plot_samples(shown, os.path.join(out, "samples.png"), data=data.x)
+    print(format_table(report))
+    for line in report["targets"]:
+        print(line["text"])
+    print(
+        f"time: {teacher_param} -> {param} {timings['reparam_seconds']:.1f}s, "
+        f"distillation {timings['distill_train_seconds']:.1f}s, evaluation {timings['eval_seconds']:.1f}s, "
+        f"export {timings['export_seconds']:.1f}s, total {timings['total_seconds']:.1f}s"
+    )
+    if skipped:
+        print(f"not exported (N does not divide T = {T}): {', '.join(map(str, skipped))} steps")
+    print(f"wrote {out}/report.json, quality_vs_steps.png, samples.png, checkpoints/, diffusers/")
+    for n, folder in exports.items():
+        print(f"  DDIMPipeline.from_pretrained({folder!r})(num_inference_steps={n})")
+    return report
 
 
 def _targets(rows: list[dict], comparisons: dict | None = None, space: str | None = None) -> list[dict]:

@@ -8,12 +8,23 @@ Every set is a float32 tensor `x` of shape (N, ...) with values in [-1, 1] (the 
 - `moons`, `eight_gaussians`: 2-D toy sets (N, 2) drawn from `seed`.
 - a path to a `.npy` or `.npz` file holding an array (N, D), (N, H, W) or (N, C, H, W) in [-1, 1]
   (a `.npz` with one array, or with keys `x` and optionally `y`/`labels`).
+- a folder of PNG/JPEG images (read with Pillow, searched recursively, hidden files skipped), no labels.
+- `cifar10:PATH`: the CIFAR-10 python archive (`cifar-10-python.tar.gz`), its 50000 training
+  images (N, 3, 32, 32) and labels; nothing is downloaded.
+
+Images become `pixel / 255 * 2 - 1` (16-bit grayscale: `/ 65535`). `resolution` center-crops every
+image to a square and resizes it (antialiased bicubic, as Pillow's resize) to `resolution` pixels
+a side; `channels` (1 or 3) converts color to grayscale (ITU-R 601-2 luma, as Pillow's "L") or
+grayscale to RGB. Without `channels`, a folder gives 1 channel when every image is grayscale,
+else 3 (an alpha channel is dropped).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
+import tarfile
 import zipfile
 from dataclasses import dataclass
 
@@ -22,6 +33,14 @@ import torch
 from torch import Tensor
 
 BUILTIN = ("digits", "moons", "eight_gaussians")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+CIFAR10_PREFIX = "cifar10:"
+#: the training batches inside the CIFAR-10 python archive
+CIFAR10_MEMBERS = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6))
+#: ITU-R 601-2 luma, the weights of Pillow's RGB -> "L"
+LUMA = (0.299, 0.587, 0.114)
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N")
+_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 @dataclass
@@ -175,16 +194,242 @@ def load_array(path: str) -> Dataset:
     return Dataset(torch.from_numpy(x), lab, os.path.basename(path))
 
 
-def load_data(name_or_path: str = "digits", n: int = 4096, seed: int = 0) -> Dataset:
+# ----- images ----------------------------------------------------------------------------------
+
+
+def _check_resolution(resolution: int | None) -> int | None:
+    if resolution is None:
+        return None
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution must be an integer >= 2 (pixels a side), got {resolution!r}")
+    return resolution
+
+
+def _check_channels(channels: int | None) -> int | None:
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    return channels
+
+
+def match_channels(x: Tensor, channels: int | None, name: str = "data") -> Tensor:
+    """Images (N, C, H, W) with `channels` channels: RGB -> grayscale by the luma weights `LUMA`
+    (which sum to 1, so this is the same map on [-1, 1] as on [0, 1]), grayscale -> RGB by
+    repetition. None keeps C."""
+    channels = _check_channels(channels)
+    if channels is None or x.shape[1] == channels:
+        return x
+    if x.shape[1] == 3 and channels == 1:
+        weights = torch.tensor(LUMA, dtype=x.dtype).reshape(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True).clamp(-1.0, 1.0)
+    if x.shape[1] == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    raise ValueError(
+        f"{name} has {x.shape[1]} channels; only 1 (grayscale) and 3 (RGB) convert to {channels}"
+    )
+
+
+def center_crop_resize(x: Tensor, resolution: int) -> Tensor:
+    """Images (N, C, H, W) center-cropped to a square of side min(H, W) and resized to
+    (resolution, resolution) by antialiased bicubic interpolation, clamped back into [-1, 1]."""
+    resolution = _check_resolution(resolution)
+    h, w = x.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = x[..., top : top + side, left : left + side]
+    if side == resolution:
+        return x.contiguous()
+    out = torch.nn.functional.interpolate(
+        x.float(), size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False
+    )
+    return out.clamp(-1.0, 1.0).to(x.dtype)
+
+
+def fit_images(x: Tensor, resolution: int | None, channels: int | None, name: str = "data") -> Tensor:
+    """`match_channels` then, with a `resolution`, `center_crop_resize`; flat data (N, D) only
+    passes when neither is asked for."""
+    if resolution is None and channels is None:
+        return x
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} has examples of shape {tuple(x.shape[1:])}, not images (C, H, W): "
+            "resolution and channels apply to images only"
+        )
+    x = match_channels(x, channels, name)
+    return x if resolution is None else center_crop_resize(x, resolution)
+
+
+def _image_files(folder: str) -> list[str]:
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for n in sorted(names):
+            if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(os.path.join(root, n))
+    return files
+
+
+def _open_image(path: str):  # noqa: ANN202 (a PIL image; Pillow is imported lazily)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"data: cannot read image {path}: {err}") from err
+    return image
+
+
+def _image_array(image, channels: int) -> np.ndarray:  # noqa: ANN001
+    """A PIL image as float32 (channels, H, W) in [0, 1]."""
+    if image.mode in _WIDE_MODES:  # 16-bit grayscale
+        arr = np.asarray(image, dtype=np.float32)[None] / 65535.0
+        return np.repeat(arr, channels, axis=0) if channels == 3 else arr
+    arr = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def load_image_folder(folder: str, resolution: int | None = None, channels: int | None = None) -> Dataset:
+    """The PNG/JPEG images under `folder` (recursively, sorted, hidden files skipped) as (N, C, H, W)
+    in [-1, 1] (see the module docstring for `resolution` and `channels`), no labels.
+
+    ValueError naming the file: an image Pillow cannot read; images of different sizes when no
+    `resolution` is given; a folder without images.
+    """
+    resolution, channels = _check_resolution(resolution), _check_channels(channels)
+    if not os.path.isdir(folder):
+        raise ValueError(f"data: {folder} is not a folder")
+    files = _image_files(folder)
+    if not files:
+        raise ValueError(f"data: folder {folder} holds no PNG or JPEG images ({', '.join(IMAGE_EXTENSIONS)})")
+    if channels is None:
+        gray = True
+        for f in files:
+            with _open_image(f) as image:
+                gray = gray and image.mode in _GRAY_MODES
+        channels = 1 if gray else 3
+    images, first = [], None
+    for f in files:
+        with _open_image(f) as image:
+            arr = _image_array(image, channels)
+        x = torch.from_numpy(arr * 2.0 - 1.0)[None]
+        if resolution is not None:
+            x = center_crop_resize(x, resolution)
+        elif first is None:
+            first = (f, x.shape[-2:])
+        elif x.shape[-2:] != first[1]:
+            (h0, w0), (h, w) = first[1], x.shape[-2:]
+            raise ValueError(
+                f"data: images differ in size: {first[0]} is {w0}x{h0}, {f} is {w}x{h}; pass --resolution "
+                "to center-crop and resize them all"
+            )
+        images.append(x)
+    x = torch.cat(images).clamp(-1.0, 1.0).contiguous()
+    return Dataset(x, None, os.path.basename(os.path.normpath(folder)))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and NumPy arrays only: a CIFAR batch needs nothing else, and
+    nothing else can run code while it loads. Arrays come as `_reconstruct` (pickle protocols <= 4;
+    protocol 2 from Python 3 wraps their bytes in `_codecs.encode`) or `_frombuffer` (protocol 5);
+    NumPy 2 names its core `numpy._core`, NumPy 1 `numpy.core`."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if module.startswith("numpy._core"):
+            module = "numpy.core" + module[len("numpy._core") :]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = "numpy._core" + module[len("numpy.core") :]
+        return super().find_class(module, name)
+
+
+def _cifar_batch(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        f = tar.extractfile(member)
+        batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, tarfile.TarError, OSError, ValueError, TypeError) as err:
+        raise ValueError(f"data: cannot read {where}: {err}") from err
+    if not isinstance(batch, dict):
+        raise ValueError(f"data: {where} is not a CIFAR-10 batch (a dict with data and labels)")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = (data.dtype, data.shape) if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"data: {where} has no 'data' array of uint8 (n, 3072), got {got}")
+    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise ValueError(f"data: {where} has no 'labels' list of {data.shape[0]} classes in 0..9")
+    return data, labels
+
+
+def load_cifar10(archive: str, resolution: int | None = None, channels: int | None = None) -> Dataset:
+    """CIFAR-10's training set from the python archive (`cifar-10-python.tar.gz`, as distributed):
+    the batches `cifar-10-batches-py/data_batch_1..5`, images (N, 3, 32, 32) in [-1, 1], labels 0..9.
+    ValueError naming the archive (and the member) for a missing file, another layout, or a batch
+    that is not CIFAR's."""
+    resolution, channels = _check_resolution(resolution), _check_channels(channels)
+    if not os.path.isfile(archive):
+        raise ValueError(
+            f"data: cifar10:{archive}: no such file (give the CIFAR-10 python archive, "
+            "cifar-10-python.tar.gz)"
+        )
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as err:
+        raise ValueError(f"data: {archive} is not a tar archive (cifar-10-python.tar.gz): {err}") from err
+    with tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        missing = [m for m in CIFAR10_MEMBERS if m not in members]
+        if missing:
+            raise ValueError(
+                f"data: {archive} is not the CIFAR-10 python archive: it lacks {missing[0]} (expected "
+                f"{', '.join(CIFAR10_MEMBERS)})"
+            )
+        batches = [_cifar_batch(tar, members[m], f"{archive}:{m}") for m in CIFAR10_MEMBERS]
+    data = np.concatenate([d for d, _ in batches])
+    labels = np.concatenate([lab for _, lab in batches])
+    x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 127.5 - 1.0)
+    x = fit_images(x, resolution, channels, name=f"cifar10:{archive}")
+    return Dataset(x.contiguous(), torch.from_numpy(labels), "cifar10")
+
+
+def load_data(
+    name_or_path: str = "digits",
+    n: int = 4096,
+    seed: int = 0,
+    resolution: int | None = None,
+    channels: int | None = None,
+) -> Dataset:
     """The data set `name_or_path`: 'digits' (default), 'moons', 'eight_gaussians' (`n` points drawn
-    from `seed`), or a `.npy`/`.npz` path (see `validate_array` for what is accepted)."""
+    from `seed`), a `.npy`/`.npz` path (see `validate_array` for what is accepted), a folder of
+    images, or `cifar10:PATH`. `resolution` and `channels` (images only) as in the module docstring."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"data must be a name or a path, got {name_or_path!r}")
+    _check_resolution(resolution)
+    _check_channels(channels)
+    if name_or_path.lower().startswith(CIFAR10_PREFIX):
+        return load_cifar10(name_or_path[len(CIFAR10_PREFIX) :], resolution, channels)
+    if os.path.isdir(name_or_path):
+        return load_image_folder(name_or_path, resolution, channels)
     key = name_or_path.lower().replace("-", "_")
     if key == "digits":
-        return digits()
-    if key in ("moons", "two_moons"):
-        return moons(n=n, seed=seed)
-    if key in ("eight_gaussians", "8gaussians", "8_gaussians"):
-        return eight_gaussians(n=n, seed=seed)
-    return load_array(name_or_path)
+        data = digits()
+    elif key in ("moons", "two_moons"):
+        data = moons(n=n, seed=seed)
+    elif key in ("eight_gaussians", "8gaussians", "8_gaussians"):
+        data = eight_gaussians(n=n, seed=seed)
+    else:
+        data = load_array(name_or_path)
+    if resolution is None and channels is None:
+        return data
+    return Dataset(
+        fit_images(data.x, resolution, channels, name=data.name).contiguous(), data.labels, data.name
+    )
