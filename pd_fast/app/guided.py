@@ -242,7 +242,7 @@ def evaluate_guided(
         rows.append(
             dict(
                 model=name, sampler=sampler, steps=steps, w=w_name, frechet=d[metric],
-                **{f"frechet_{k}": v for k, v in d.items()}, accuracy=float((pred == y).float().mean()),
+                **{f"frechet_{k}": v for k, v in d.items()}, accuracy=int((pred == y).sum()) / len(y),
                 sample_seconds=sec,
             )
         )  # fmt: skip
