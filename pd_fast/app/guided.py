@@ -14,7 +14,8 @@ Fréchet distance to the data in the evaluation classifier's features (`pd_fast.
 and by their class accuracy (the fraction the classifier assigns to the requested label).
 
 Writes into the run folder: `report.json` (`rows`: one per model, sampler, N and w, with `frechet`,
-`frechet_pixel`, `accuracy`, `sample_seconds`; `targets`), `samples.npz` (the scored samples,
+`frechet_pixel`, `accuracy`, `sample_seconds`, and `interval`, the 95% paired bootstrap interval
+of `frechet`; `targets`, the Fréchet ratios with their paired intervals), `samples.npz` (the scored samples,
 `x_<model>_<sampler>_N<N>_w<w>` float32 in [-1, 1], their labels `y_<same suffix>`; w written as
 in the flag), `grid_w<w>.png` (rows: classes; columns: the student at each N, then the teacher at
 256 steps), and the checkpoints (`teacher`, `guided`, `student_<N>`) and log of the stages.
@@ -172,6 +173,7 @@ def run_guided(
         teacher_model, students, evaluator, classifier, schedule, param, z, y, eval_ws(settings["eval_w"]),
         seed=settings["seed"] + 2,
     )  # fmt: skip
+    replicates = add_intervals(rows, samples, evaluator, seed=settings["seed"])
     timings["eval_seconds"] = time.perf_counter() - t0
     timings["total_seconds"] = time.perf_counter() - t_start
     report: dict[str, Any] = {
@@ -190,7 +192,7 @@ def run_guided(
         **evaluator.info,
         **timings,
     }
-    report["targets"] = guided_targets(rows)
+    report["targets"] = guided_targets(rows, replicates)
     save_json(os.path.join(out, "report.json"), report)
     write_guided_samples(os.path.join(out, "samples.npz"), samples)
     for name, _ in eval_ws(settings["eval_w"]):
@@ -260,6 +262,33 @@ def evaluate_guided(
     return rows, samples
 
 
+def _key(row: dict) -> str:
+    return f"{row['model']}_{row['sampler']}_N{row['steps']}_w{row['w']}"
+
+
+def add_intervals(
+    rows: list[dict],
+    samples: dict[str, tuple[Tensor, Tensor]],
+    evaluator: Any,
+    seed: int = 0,
+    resamples: int = 200,
+    level: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """Add to each row the `level` bootstrap interval of its Fréchet distance (`interval`), from
+    paired resamples of the rows of every sample set (they share the noise and the labels row by
+    row; `pd_fast.app.evaluation.bootstrap_frechet`); returns the replicates by sample key."""
+    from .evaluation import bootstrap_frechet, bootstrap_interval
+
+    space = evaluator.metric
+    features = {key: evaluator.features(x)[space] for key, (x, _) in samples.items()}
+    n = next(iter(features.values())).shape[0]
+    indices = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    replicates = bootstrap_frechet(features, evaluator.reference[space], indices)
+    for row in rows:
+        row["interval"] = list(bootstrap_interval(row["frechet"], replicates[_key(row)], level))
+    return replicates
+
+
 def _find(rows: list[dict], model: str, sampler: str, steps: int, w: str) -> dict | None:
     return next(
         (r for r in rows if (r["model"], r["sampler"], r["steps"], r["w"]) == (model, sampler, steps, w)),
@@ -267,10 +296,19 @@ def _find(rows: list[dict], model: str, sampler: str, steps: int, w: str) -> dic
     )
 
 
-def guided_targets(rows: list[dict]) -> list[dict]:
+def guided_targets(rows: list[dict], replicates: dict[str, np.ndarray] | None = None) -> list[dict]:
     """[GD]'s targets, per w and student sampler: the 4-step student within 2 accuracy points and
     1.3x the Fréchet distance of the teacher's 256-step DDIM, the 8-step student within 1.15x, and
-    the 1-step student below the teacher's 4-step DDIM."""
+    the 1-step student below the teacher's 4-step DDIM; with `replicates` (of `add_intervals`),
+    each Fréchet ratio's text also gives its 95% paired interval (`ratio_interval`)."""
+    from .evaluation import ratio_interval
+
+    def interval(a: dict, b: dict) -> str:
+        if replicates is None:
+            return ""
+        _, lo, hi = ratio_interval(a["frechet"], replicates[_key(a)], b["frechet"], replicates[_key(b)])
+        return f" [95% {lo:.3f}, {hi:.3f}]"
+
     out = []
     for w in sorted({r["w"] for r in rows}, key=float):
         ref = _find(rows, "teacher", "ddim", TEACHER_STEPS, w)
@@ -290,19 +328,28 @@ def guided_targets(rows: list[dict]) -> list[dict]:
                 )
                 ratio = s4["frechet"] / ref["frechet"]
                 checks.append(
-                    ("student_4_frechet", ratio <= 1.3, f"4-step FD / teacher-256 = {ratio:.3f} (<= 1.3)")
+                    (
+                        "student_4_frechet",
+                        ratio <= 1.3,
+                        f"4-step FD / teacher-256 = {ratio:.3f}{interval(s4, ref)} (<= 1.3)",
+                    )
                 )
             if s8 is not None and ref is not None:
                 ratio = s8["frechet"] / ref["frechet"]
                 checks.append(
-                    ("student_8_frechet", ratio <= 1.15, f"8-step FD / teacher-256 = {ratio:.3f} (<= 1.15)")
+                    (
+                        "student_8_frechet",
+                        ratio <= 1.15,
+                        f"8-step FD / teacher-256 = {ratio:.3f}{interval(s8, ref)} (<= 1.15)",
+                    )
                 )
             if s1 is not None and t4 is not None:
                 checks.append(
                     (
                         "student_1_vs_teacher_4",
                         s1["frechet"] < t4["frechet"],
-                        f"1-step FD {s1['frechet']:.4g} < teacher 4-step DDIM {t4['frechet']:.4g}",
+                        f"1-step FD {s1['frechet']:.4g} < teacher 4-step DDIM {t4['frechet']:.4g}"
+                        f" (ratio {s1['frechet'] / t4['frechet']:.3f}{interval(s1, t4)})",
                     )
                 )
             for name, met, text in checks:

@@ -278,6 +278,8 @@ def test_tiny_guided_job_writes_report_grids_and_named_samples(tmp_path):
         with torch.no_grad():
             acc = float((classifier(torch.from_numpy(xs)).argmax(1).numpy() == ys).mean())
         assert acc == pytest.approx(r["accuracy"], abs=1e-9)
+        lo, hi = r["interval"]
+        assert 0 <= lo <= r["frechet"] <= hi
     assert not np.array_equal(arrays["x_teacher_ddim_N4_w0"], arrays["x_teacher_ddim_N4_w0.5"])
     for w in ("0", "0.5"):
         assert (out / f"grid_w{w}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
