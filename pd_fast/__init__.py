@@ -34,6 +34,7 @@ from .schedules import CosineSchedule, DiscreteSchedule, diffuse
 _APP = {
     "train_teacher": "training",
     "progressive_distill": "training",
+    "distill_guidance": "training",
     "check_data": "training",
     "load_model_checkpoint": "checkpoint",
     "save_model_checkpoint": "checkpoint",

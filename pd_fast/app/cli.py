@@ -18,6 +18,9 @@ A killed run continues with the same command plus `--resume` (or `--resume --out
 alone picks the newest run under `runs/`): the run's saved settings are reused and training
 continues from its last checkpoint.
 
+`--guided` runs guided distillation instead (a conditional teacher, [GD] stages 1 and 2, and
+its own report, samples and grids): see `pd_fast.app.guided`.
+
 Every flag, the data, the teacher file, the device and the output folder are checked (`validate`)
 before anything is written; a bad one is a one-line error and exit code 2 (`--debug` adds the
 traceback). The run then holds an exclusive lock on `DIR/run.lock` (fcntl; its PID inside) until
@@ -173,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue a killed run in --out (or the newest under runs/) from its last checkpoint",
     )
+    g = p.add_argument_group("guided distillation (Meng et al., 2023)")
+    g.add_argument(
+        "--guided",
+        action="store_true",
+        help="train a conditional teacher, distill its classifier-free guidance into a w-conditioned "
+        "student (stage 1), then distill that down to --end-steps (stage 2); needs labelled data",
+    )
+    g.add_argument("--p-uncond", type=float, help="probability of dropping a label in teacher training (0.1)")
+    g.add_argument("--w-min", type=float, help="smallest guidance weight the student learns (default 0)")
+    g.add_argument("--w-max", type=float, help="largest guidance weight the student learns (default 4)")
+    g.add_argument("--guidance-iters", type=int, help="stage 1 iterations (default 2000)")
+    g.add_argument("--guidance-lr", type=float, help="stage 1 learning rate (annealed linearly to 0)")
+    g.add_argument("--eval-w", help="guidance weights to evaluate, comma-separated (default 0,1,2,4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
@@ -188,7 +204,13 @@ def _latest_run() -> str | None:
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The run's settings (defaults, then --quick, then flags; with --resume, the saved ones) and
     its output folder."""
-    given = {k: v for k, v in vars(args).items() if k in RUN_KEYS and v is not None and v is not False}
+    from .guided import GUIDED_DEFAULTS, GUIDED_KEYS, GUIDED_QUICK
+
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if (k in RUN_KEYS or k in GUIDED_KEYS) and v is not None and v is not False
+    }
     out = args.out
     if args.resume:
         out = out or _latest_run()
@@ -201,6 +223,8 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         saved = _read_config(cfg_path)
         if saved is None:
             raise ValueError(f"--resume: {cfg_path} is not the config.json of a pd_fast run")
+        if args.guided and not saved.get("guided"):
+            raise ValueError(f"--resume: the run in {out} is not a guided run; drop --guided")
         for k, v in given.items():
             if k in saved and saved[k] != v:
                 raise ValueError(f"--resume: the run in {out} has {k}={saved[k]!r}, this command has {v!r}")
@@ -208,6 +232,14 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     settings = dict(DEFAULTS)
     if args.quick:
         settings.update(QUICK)
+    if args.guided:
+        settings.update(GUIDED_DEFAULTS)
+        if args.quick:
+            settings.update(GUIDED_QUICK)
+    else:
+        extra = [k for k in given if k in GUIDED_KEYS]
+        if extra:
+            raise ValueError(f"--{extra[0].replace('_', '-')} needs --guided")
     settings.update(given)
     settings.setdefault("teacher", None)
     settings.setdefault("resolution", None)
@@ -303,6 +335,10 @@ def _check_settings(s: dict[str, Any]) -> None:
         isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2
     ):
         raise ValueError(f"--resolution must be an integer >= 2, got {resolution!r}")
+    if s.get("guided"):
+        from .guided import check_guided_settings
+
+        check_guided_settings(s)
 
 
 def _device(name: str | None, local_rank: int | None = None) -> torch.device:
@@ -394,15 +430,22 @@ def _check_out(out: str, resume: bool) -> None:
         raise ValueError(f"--out {out} holds a config.json that is not a pd_fast run's; choose another --out")
 
 
-def _check_resume(out: str, x: torch.Tensor, model: torch.nn.Module) -> None:
+def _check_resume(
+    out: str, x: torch.Tensor, model: torch.nn.Module, student: torch.nn.Module | None = None
+) -> None:
     """Before a resume: the run's training states are intact, were trained on this data, and fit
-    this model (the network of config.json); the students of finished rounds are intact."""
+    this model (the network of config.json; `student`: the w-conditioned network of a guided run's
+    later stages); the students of finished rounds are intact."""
     from . import checkpoint as ckpt
     from .training import data_fingerprint
 
     ckpt_dir = Path(out) / "checkpoints"
-    fingerprint, shapes = None, {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for stage, prefix in (("teacher", "model/"), ("distill", "student/")):
+    stages = [("teacher", "model/", model), ("distill", "student/", student or model)]
+    if student is not None:
+        stages.insert(1, ("guidance", "student/", student))
+    fingerprint = None
+    for stage, prefix, net in stages:
+        shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         state = ckpt.load_training_state(ckpt_dir, stage, repair=False)
         if state is None:
             continue
@@ -469,6 +512,15 @@ def validate(args: argparse.Namespace, device: torch.device) -> Job:
         if settings["model"] == "mlp"
         else dict(ch=settings["ch"])
     )
+    guided = bool(settings.get("guided"))
+    if guided:
+        if data.labels is None:
+            raise ValueError(
+                f"--guided needs a labelled data set, and --data {settings['data']} has no labels"
+            )
+        if dist.is_initialized():
+            raise ValueError("--guided does not run under torchrun; run it in one process")
+        kwargs["num_classes"] = int(data.labels.max()) + 1
     model = build_model(
         settings["model"], data.shape, param=settings["param"], seed=settings["seed"], **kwargs
     )
@@ -486,7 +538,10 @@ def validate(args: argparse.Namespace, device: torch.device) -> Job:
         _check_teacher(path, teacher[1], settings)
     _check_memory(settings, data.shape, device)
     if args.resume:
-        _check_resume(out, data.x, teacher[0] if teacher is not None else model)
+        from .models import w_conditioned_from
+
+        base = teacher[0] if teacher is not None else model
+        _check_resume(out, data.x, base, w_conditioned_from(base) if guided else None)
     return Job(settings, out, device, args.resume, threads, data, teacher)
 
 
@@ -1109,7 +1164,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise error
             if job.threads is not None:
                 torch.set_num_threads(job.threads)
-            run(
+            from .guided import run_guided
+
+            (run_guided if job.settings.get("guided") else run)(
                 job.settings,
                 job.out,
                 device,

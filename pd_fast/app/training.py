@@ -80,6 +80,7 @@ from tqdm.auto import tqdm
 
 from .._checks import param_name, weighting_name
 from ..distillation import fused_distill_loss, teacher_two_step
+from ..parameterizations import NULL_LABEL, guided_x_eps
 from ..schedules import CosineSchedule, DiscreteSchedule, diffuse
 from . import checkpoint as ckpt
 from .checkpoint import load_model_checkpoint, schedule_from_dict
@@ -87,7 +88,9 @@ from .checkpoint import load_model_checkpoint, schedule_from_dict
 __all__ = [
     "train_teacher",
     "progressive_distill",
+    "distill_guidance",
     "check_data",
+    "check_labels",
     "data_fingerprint",
     "TrainingDiverged",
     "CHECK_EVERY",
@@ -138,6 +141,45 @@ def data_fingerprint(data: Tensor) -> str:
     h = hashlib.sha256(f"{x.dtype}|{tuple(x.shape)}|".encode())
     h.update(x.reshape(-1).view(torch.uint8).numpy().data if x.numel() else b"")
     return h.hexdigest()
+
+
+def check_labels(labels: Any, n: int, name: str = "labels") -> Tensor:
+    """`labels` as an int64 CPU tensor (n,) of class labels >= 0, one per example of the data;
+    ValueError naming `name` otherwise."""
+    if not isinstance(labels, Tensor):
+        try:
+            labels = torch.as_tensor(np.asarray(labels))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{name} must be a tensor or array of integers ({n},), got {type(labels)!r}"
+            ) from err
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer class labels, got dtype {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one label per example), got {tuple(labels.shape)}")
+    labels = labels.detach().to("cpu", torch.int64).contiguous()
+    if n and int(labels.min()) < 0:
+        raise ValueError(f"{name} must be class labels >= 0, got min {int(labels.min())}")
+    return labels
+
+
+def _unit_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _w_range(w_min: Any, w_max: Any) -> tuple[float, float]:
+    for name, v in (("w_min", w_min), ("w_max", w_max)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not (math.isfinite(float(v)) and float(v) >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if float(w_max) < float(w_min):
+        raise ValueError(f"w_max must be >= w_min, got w_min={w_min!r}, w_max={w_max!r}")
+    return float(w_min), float(w_max)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -194,6 +236,8 @@ class _StageConfig:
     world_size: int
     data_shape: tuple[int, ...]
     data: str | None = None  # `data_fingerprint` of the data when the run writes checkpoints
+    # conditional stages: the labels' `data_fingerprint` when the run writes checkpoints ("" if not)
+    labels: str | None = None
 
     def __post_init__(self) -> None:
         param_name(self.param)
@@ -220,7 +264,7 @@ class _StageConfig:
             "world_size": self.world_size,
             "data_shape": list(self.data_shape),
             "data": self.data,
-        }
+        } | ({} if self.labels is None else {"labels": self.labels})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,9 +272,11 @@ class _TeacherConfig(_StageConfig):
     iters: int
     warmup: int
     ema_decay: float
+    p_uncond: float = 0.0  # conditional teachers: the probability of dropping a label
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._set("p_uncond", _unit_float("p_uncond", self.p_uncond))
         self._set("iters", _positive_int("iters", self.iters))
         self._set("warmup", _positive_int("warmup", self.warmup, 0))
         d = self.ema_decay
@@ -238,7 +284,8 @@ class _TeacherConfig(_StageConfig):
             raise ValueError(f"ema_decay must lie in [0, 1), got {d!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(super().to_dict(), iters=self.iters, warmup=self.warmup, ema_decay=self.ema_decay)
+        cond = {} if self.labels is None else {"p_uncond": self.p_uncond}
+        return dict(super().to_dict(), iters=self.iters, warmup=self.warmup, ema_decay=self.ema_decay) | cond
 
     @property
     def end(self) -> tuple[int, int]:
@@ -261,6 +308,8 @@ class _DistillConfig(_StageConfig):
     iters: int
     last_rounds_factor: float
     teacher: str | None  # the teacher's model_fingerprint when the run writes checkpoints
+    w_min: float = 0.0  # guided distillation (labels given): w ~ U[w_min, w_max] per example
+    w_max: float = 0.0
     round_steps: tuple[int, ...] = field(init=False)  # student steps per round
     round_iters: tuple[int, ...] = field(init=False)  # iterations per round
 
@@ -272,6 +321,8 @@ class _DistillConfig(_StageConfig):
         if isinstance(f, bool) or not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
             raise ValueError(f"last_rounds_factor must be a positive number, got {f!r}")
         n = len(steps)
+        self._set("w_min", _w_range(self.w_min, self.w_max)[0])
+        self._set("w_max", float(self.w_max))
         self._set("start_steps", int(self.start_steps))
         self._set("end_steps", int(self.end_steps))
         self._set("iters", iters)
@@ -285,7 +336,7 @@ class _DistillConfig(_StageConfig):
             end_steps=self.end_steps,
             round_iters=list(self.round_iters),
             teacher=self.teacher,
-        )
+        ) | ({} if self.labels is None else {"w_min": self.w_min, "w_max": self.w_max})
 
     @property
     def end(self) -> tuple[int, int]:
@@ -295,6 +346,37 @@ class _DistillConfig(_StageConfig):
     def progress_info(self, round_: int, iteration: int) -> dict[str, Any]:
         """What the training state records besides (round, iteration): the finished students."""
         return {"completed": {str(s): f"student_{s}" for s in self.round_steps[:round_]}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _GuidanceConfig(_StageConfig):
+    """[GD] stage 1: the w-conditioned student's settings."""
+
+    iters: int
+    w_min: float
+    w_max: float
+    teacher: str | None  # the teacher's model_fingerprint when the run writes checkpoints
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set("iters", _positive_int("iters", self.iters))
+        w_min, w_max = _w_range(self.w_min, self.w_max)
+        self._set("w_min", w_min)
+        self._set("w_max", w_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(
+            super().to_dict(), iters=self.iters, w_min=self.w_min, w_max=self.w_max, teacher=self.teacher
+        )
+
+    @property
+    def end(self) -> tuple[int, int]:
+        """(round, iteration) of the finished stage."""
+        return 0, self.iters
+
+    def progress_info(self, round_: int, iteration: int) -> dict[str, Any]:
+        """What the training state records besides (round, iteration): whether training is done."""
+        return {"complete": iteration == self.iters}
 
 
 def _model_device(model: nn.Module, name: str) -> tuple[torch.device, torch.dtype]:
@@ -454,9 +536,11 @@ class _Log:
 @dataclass(frozen=True)
 class _Step:
     """What a stage's iterations do beyond the shared loss and update: `draw_t(data generator)`
-    -> t (B,) float64 on the CPU; `target(x, z_t, t, alpha_t, sigma_t)` -> x_tilde as
-    (z_tpp, alpha_tpp, sigma_tpp) (docs/spec.md section 4); `lr_at(k)`, the LR of update k;
-    `after_update(k)` (the teacher's EMA). `modules` go into the training state by name."""
+    -> t (B,) float64 on the CPU; `draw_cond(idx, data generator)` (conditional stages) -> the
+    network's extra inputs `cond`, (c,) or (c, w), for the examples `idx` of the stage's labels,
+    drawn after t; `target(x, z_t, t, alpha_t, sigma_t, cond)` -> x_tilde as (z_tpp, alpha_tpp,
+    sigma_tpp) (docs/spec.md section 4); `lr_at(k)`, the LR of update k; `after_update(k)` (the
+    teacher's EMA). `modules` go into the training state by name."""
 
     round: int
     steps: int | None
@@ -467,9 +551,10 @@ class _Step:
     opt: torch.optim.Optimizer
     modules: dict[str, nn.Module]
     draw_t: Callable[[torch.Generator], Tensor]
-    target: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+    target: Callable[..., tuple[Tensor, Tensor, Tensor]]
     lr_at: Callable[[int], float]
     after_update: Callable[[int], None] | None = None
+    draw_cond: Callable[[Tensor, torch.Generator], tuple[Tensor, ...]] | None = None
 
 
 @dataclass
@@ -489,6 +574,7 @@ class _Stage:
     progress: bool
     t0: float
     last_commit: tuple[int, int] | None = None  # (round, iteration) of the last committed state
+    c_local: Tensor | None = None  # the labels of x_local (int64, CPU) in a conditional stage
 
     @classmethod
     def open(
@@ -503,10 +589,12 @@ class _Stage:
         ckpt_every: Any,
         log_every: Any,
         progress: bool,
+        labels: Tensor | None = None,
     ) -> _Stage:
         ckpt_every = _positive_int("ckpt_every", ckpt_every, 0)
         log_every = _positive_int("log_every", log_every)
         x_local = _shard(data, ctx, device, dtype)
+        c_local = None if labels is None else _shard(labels, ctx, torch.device("cpu"), torch.int64)
         ckpt_dir, log = None, _Log(None)
         if out_dir is not None:
             ckpt_dir = Path(out_dir) / "checkpoints"
@@ -515,7 +603,9 @@ class _Stage:
             ctx.barrier()
             log = _Log(Path(out_dir) / "log.jsonl" if ctx.main else None)
         gens = _Generators.seeded(cfg.seed, ctx.rank, name, device)
-        return cls(name, cfg, ctx, x_local, gens, ckpt_dir, log, ckpt_every, log_every, progress, 0.0)
+        stage = cls(name, cfg, ctx, x_local, gens, ckpt_dir, log, ckpt_every, log_every, progress, 0.0)
+        stage.c_local = c_local
+        return stage
 
     @property
     def device(self) -> torch.device:
@@ -628,9 +718,10 @@ class _Stage:
         )
         try:
             for k in range(start, step.iters):
-                x = _batch(self.x_local, gens.data, cfg.batch_size)
+                x, idx = _batch(self.x_local, gens.data, cfg.batch_size)
                 t = step.draw_t(gens.data)
-                loss = _loss(step.net, x, t, gens.noise, cfg, step.target)
+                cond = () if step.draw_cond is None else step.draw_cond(idx, gens.data)
+                loss = _loss(step.net, x, t, gens.noise, cfg, step.target, cond)
                 lr = step.lr_at(k)
                 grad_norm = _update(step.params, step.opt, loss, lr, cfg.grad_clip)
                 if step.after_update is not None:
@@ -730,9 +821,10 @@ class _Guard:
         )
 
 
-def _batch(x_local: Tensor, gen: torch.Generator, batch_size: int) -> Tensor:
+def _batch(x_local: Tensor, gen: torch.Generator, batch_size: int) -> tuple[Tensor, Tensor]:
+    """A batch of examples drawn uniformly with replacement, and their indices (CPU)."""
     idx = torch.randint(0, x_local.shape[0], (batch_size,), generator=gen)
-    return x_local[idx.to(x_local.device)]
+    return x_local[idx.to(x_local.device)], idx
 
 
 def _loss(
@@ -741,16 +833,18 @@ def _loss(
     t: Tensor,
     noise_gen: torch.Generator,
     cfg: _StageConfig,
-    target: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
+    target: Callable[..., tuple[Tensor, Tensor, Tensor]],
+    cond: tuple[Tensor, ...] = (),
 ) -> Tensor:
     """The batch loss of docs/spec.md section 5 ([PD] Algorithm 2, lines 4-10): x (B, ...) on the
-    device, t (B,) float64 on the CPU; z_t = diffuse(x, t, schedule, eps), x_tilde from `target`."""
+    device, t (B,) float64 on the CPU; z_t = diffuse(x, t, schedule, eps), x_tilde from `target`;
+    the network is called `net(z_t, t, *cond)`."""
     t_dev = t.to(x.device)
     eps = torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
     z_t = diffuse(x, t_dev, cfg.schedule, eps)
     alpha_t, sigma_t = cfg.schedule.alpha_sigma(t_dev)
-    z_tpp, alpha_tpp, sigma_tpp = target(x, z_t, t, alpha_t, sigma_t)
-    out = net(z_t, t_dev.to(x.dtype))
+    z_tpp, alpha_tpp, sigma_tpp = target(x, z_t, t, alpha_t, sigma_t, cond)
+    out = net(z_t, t_dev.to(x.dtype), *cond)
     return fused_distill_loss(
         out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, cfg.param, weighting=cfg.weighting
     ).mean()
@@ -833,6 +927,8 @@ def train_teacher(
     resume: bool = False,
     progress: bool = True,
     log_every: int = 10,
+    labels: Any = None,
+    p_uncond: float = 0.1,
 ) -> nn.Module:
     """Train a continuous-time diffusion model (the base teacher of [PD] Section 4 / docs/spec.md section 5).
 
@@ -841,19 +937,30 @@ def train_teacher(
     x_tilde = x, through `pd_fast.fused_distill_loss` with z_tpp = x, alpha_tpp = 1, sigma_tpp = 0).
     Adam with a linear warm-up over `warmup` iterations, then constant `lr`.
 
+    Conditional teacher (classifier-free guidance, [GD] Section 2, docs/spec.md section 8): with
+    `labels` (integers (N,) >= 0, one per example of `data`) the model is called `model(z_t, t, c)`
+    with c the example's label, replaced by `NULL_LABEL` (-1) with probability `p_uncond`; the drop
+    is drawn from the data generator after t, so runs stay deterministic and resumable. Without
+    labels (`p_uncond` unused) training is unconditional, with the same random streams as ever.
+
     Trains `model` in place and returns a new module with the EMA of its weights, in eval mode.
     See the module docstring for checkpoints, resume and DDP.
     """
     data = check_data(data)
+    if labels is not None:
+        labels = check_labels(labels, data.shape[0])
     ctx = _dist_context()
     cfg = _TeacherConfig(
         param=param, weighting=weighting, schedule=schedule, iters=iters, batch_size=batch_size, lr=lr,
         warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip, seed=seed, world_size=ctx.world,
         data_shape=tuple(data.shape), data=data_fingerprint(data) if out_dir is not None else None,
+        labels=_labels_fingerprint(labels, out_dir), p_uncond=p_uncond,
     )  # fmt: skip
     device, dtype = _model_device(model, "model")
     params = _trainable(model, "model")
-    stage = _Stage.open("teacher", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress)
+    stage = _Stage.open(
+        "teacher", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress, labels
+    )
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.Adam(params, lr=cfg.lr)
     start, state = 0, stage.load_state(resume)
@@ -869,8 +976,11 @@ def train_teacher(
         round=0, steps=None, iters=cfg.iters, desc="teacher", net=net, params=params, opt=opt,
         modules={"model": model, "ema": ema},
         draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
-        target=lambda x, z_t, t, alpha_t, sigma_t: (x, torch.ones_like(alpha_t), torch.zeros_like(sigma_t)),
+        target=lambda x, z_t, t, a_t, s_t, _: (x, torch.ones_like(a_t), torch.zeros_like(s_t)),
         lr_at=cfg.lr_at, after_update=functools.partial(_ema_update, ema, model, cfg.ema_decay),
+        draw_cond=None if labels is None else functools.partial(
+            _dropped_labels, stage.c_local, cfg.p_uncond, device
+        ),
     )  # fmt: skip
     try:
         stage.iterate(step, start)
@@ -883,6 +993,37 @@ def train_teacher(
         stage.save_model("teacher", ema, None, 0, cfg.iters)
     ctx.barrier()
     return ema.eval()
+
+
+def _labels_fingerprint(labels: Tensor | None, out_dir: Any) -> str | None:
+    """What a conditional stage's config records of its labels: their fingerprint when the run
+    writes checkpoints, "" when it does not; None for an unconditional stage."""
+    if labels is None:
+        return None
+    return data_fingerprint(labels) if out_dir is not None else ""
+
+
+def _dropped_labels(
+    c_local: Tensor, p_uncond: float, device: torch.device, idx: Tensor, gen: torch.Generator
+) -> tuple[Tensor]:
+    """The labels of the examples `idx`, each replaced by `NULL_LABEL` with probability `p_uncond`
+    (one uniform draw per example from the data generator), on `device`."""
+    drop = torch.rand(idx.shape[0], generator=gen, dtype=torch.float64) < p_uncond
+    return (c_local[idx].masked_fill(drop, NULL_LABEL).to(device),)
+
+
+def _labels_and_w(
+    c_local: Tensor, w_min: float, w_max: float, device: torch.device, idx: Tensor, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The labels of the examples `idx` and w ~ U[w_min, w_max] per example (from the data
+    generator), on `device`; w in float32, as the networks embed it."""
+    w = w_min + (w_max - w_min) * torch.rand(idx.shape[0], generator=gen, dtype=torch.float64)
+    return c_local[idx].to(device), w.to(device=device, dtype=torch.float32)
+
+
+def _with_cond(model: nn.Module, cond: tuple[Tensor, ...], z: Tensor, t: Tensor) -> Tensor:
+    """`model(z, t, *cond)`: a conditional model as the samplers call a model, `model(z, t)`."""
+    return model(z, t, *cond)
 
 
 def _intact(stem: Path) -> bool:
@@ -932,6 +1073,9 @@ def progressive_distill(
     progress: bool = True,
     log_every: int = 10,
     on_round_end: Callable[[int, nn.Module], None] | None = None,
+    labels: Any = None,
+    w_min: float = 0.0,
+    w_max: float = 4.0,
 ) -> dict[int, nn.Module]:
     """Progressive distillation ([PD] Algorithm 2; official settings in docs/spec.md section 6).
 
@@ -942,11 +1086,27 @@ def progressive_distill(
     the teacher (`pd_fast.teacher_two_step`, no grad; lines 6-9) and minimises
     `pd_fast.fused_distill_loss` (line 10, docs/spec.md section 5). The student then becomes the teacher.
 
+    Guided distillation ([GD] stage 2, docs/spec.md section 8): with `labels` (integers (N,) >= 0,
+    one per example) `teacher` is a w-conditioned model `teacher(z, t, c, w)` (the student of
+    `distill_guidance`); each example gets its label c and w ~ U[w_min, w_max] (drawn from the data
+    generator after t), the target is two DDIM steps of the previous model at that c and w
+    (`teacher_two_step` of `lambda z, t: model(z, t, c, w)`), and the student is called
+    `student(z_t, t, c, w)`: one network call per step for every w in the range.
+
     Returns {N: student} for every round, each in eval mode. `teacher` is not modified (it is
     put in eval mode while it makes targets, and its mode is restored at the end).
     `on_round_end(N, student)` is called on every rank after each round.
     """
     data = check_data(data)
+    if labels is not None:
+        labels = check_labels(labels, data.shape[0])
+        if getattr(teacher, "config", {}).get("w_conditioned") is False or (
+            "num_classes" in getattr(teacher, "config", {}) and not teacher.config.get("w_conditioned")
+        ):
+            raise ValueError(
+                "teacher must be w-conditioned (teacher(z, t, c, w)) for guided distillation: "
+                "pass the student of distill_guidance"
+            )
     if on_round_end is not None and not callable(on_round_end):
         raise ValueError("on_round_end must be callable(steps, student) or None")
     device, dtype = _model_device(teacher, "teacher")
@@ -958,8 +1118,11 @@ def progressive_distill(
         grad_clip=grad_clip, seed=seed, world_size=ctx.world, data_shape=tuple(data.shape),
         data=data_fingerprint(data) if out_dir is not None else None,
         teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None,
+        labels=_labels_fingerprint(labels, out_dir), w_min=w_min, w_max=w_max,
     )  # fmt: skip
-    stage = _Stage.open("distill", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress)
+    stage = _Stage.open(
+        "distill", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress, labels
+    )
     state = stage.load_state(resume)
     first_round, first_iter = (int(state[0]["round"]), int(state[0]["iteration"])) if state else (0, 0)
     students: dict[int, nn.Module] = {}
@@ -1003,9 +1166,11 @@ def _distill_round(
         start = int(info["iteration"])
     student.train()
 
-    def target(x: Tensor, z_t: Tensor, t: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> tuple[Tensor, ...]:
+    def target(x: Tensor, z_t: Tensor, t: Tensor, alpha_t: Tensor, sigma_t: Tensor, cond: tuple) -> tuple:
+        # the previous student at the example's label and w: `lambda z, t: current(z, t, c, w)`
+        model = current if not cond else functools.partial(_with_cond, current, cond)
         with torch.no_grad():  # teacher_two_step wants t on the CPU: no device sync
-            return teacher_two_step(current, z_t, t, steps, cfg.schedule, cfg.param)
+            return teacher_two_step(model, z_t, t, steps, cfg.schedule, cfg.param)
 
     n_rounds, batch = len(cfg.round_steps), cfg.batch_size
     step = _Step(
@@ -1013,9 +1178,125 @@ def _distill_round(
         net=_wrap(student, stage.ctx, stage.device), params=params, opt=opt, modules={"student": student},
         draw_t=lambda gen: torch.randint(1, steps + 1, (batch,), generator=gen).to(torch.float64) / steps,
         target=target, lr_at=lambda k: cfg.lr * (1.0 - k / iters),
+        draw_cond=None if stage.c_local is None else functools.partial(
+            _labels_and_w, stage.c_local, cfg.w_min, cfg.w_max, stage.device
+        ),
     )  # fmt: skip
     stage.iterate(step, start)
     student.eval()
     stage.save_model(f"student_{steps}", student, steps, r + 1, iters)
     stage.save_state(r + 1, 0, {}, None)
     return student
+
+
+# ----- guided distillation, stage 1 ------------------------------------------------------------
+
+
+def distill_guidance(
+    teacher: nn.Module,
+    data: Any,
+    labels: Any,
+    *,
+    w_min: float = 0.0,
+    w_max: float = 4.0,
+    schedule: Any = None,
+    param: str = "v",
+    weighting: str = "snr_trunc",
+    iters: int = 2000,
+    batch_size: int = 128,
+    lr: float = 1e-4,
+    grad_clip: float | None = 1.0,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    ckpt_every: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    log_every: int = 10,
+) -> nn.Module:
+    """[GD] stage 1 (docs/spec.md section 8): a w-conditioned student `student(z, t, c, w)`
+    (`pd_fast.app.models.w_conditioned_from(teacher, seed)`, which starts as the conditional
+    `teacher`) learns the teacher's guided prediction for every w in [w_min, w_max].
+
+    Each iteration: x and its label c from `data` and `labels` (integers (N,) >= 0), t ~ U(0, 1],
+    w ~ U[w_min, w_max] per example (drawn after t from the data generator), eps ~ N(0, I),
+    z_t = alpha_t x + sigma_t eps, and the loss of docs/spec.md section 5 with x_tilde the guided
+    `x_hat_w = (1 + w) x_hat(z_t, c) - w x_hat(z_t, null)` (`pd_fast.guided_x_eps` of the teacher's
+    outputs with the label and with `NULL_LABEL`, unclipped, no grad), weighted by `weighting`.
+    Adam, LR annealed linearly from `lr` to 0, gradient norm clipped at `grad_clip`; no EMA.
+
+    Returns the student in eval mode; `teacher` is not modified (its mode is restored). Checkpoints
+    (`guided` model, `guidance` training state), resume and DDP as the other stages (module docstring).
+    """
+    from .models import w_conditioned_from
+
+    data = check_data(data)
+    labels = check_labels(labels, data.shape[0])
+    device, dtype = _model_device(teacher, "teacher")
+    student = w_conditioned_from(teacher, seed=seed)
+    ctx = _dist_context()
+    cfg = _GuidanceConfig(
+        param=param, weighting=weighting, schedule=schedule, iters=iters, batch_size=batch_size, lr=lr,
+        grad_clip=grad_clip, seed=seed, world_size=ctx.world, data_shape=tuple(data.shape),
+        data=data_fingerprint(data) if out_dir is not None else None,
+        labels=_labels_fingerprint(labels, out_dir), w_min=w_min, w_max=w_max,
+        teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None,
+    )  # fmt: skip
+    params = _trainable(student, "student")
+    stage = _Stage.open(
+        "guidance", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress, labels
+    )
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    start, state = 0, stage.load_state(resume)
+    if state is not None:
+        info, tensors = state
+        _load_module(student, "student", info, tensors)
+        ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
+        start = int(info["iteration"])
+    teacher_was_training = teacher.training
+    teacher.eval()
+    student.train()
+    step = _Step(
+        round=0, steps=None, iters=cfg.iters, desc="guidance (stage 1)",
+        net=_wrap(student, ctx, device), params=params, opt=opt, modules={"student": student},
+        draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
+        target=functools.partial(_guided_target, teacher, cfg.param),
+        lr_at=lambda k: cfg.lr * (1.0 - k / cfg.iters),
+        draw_cond=functools.partial(_labels_and_w, stage.c_local, cfg.w_min, cfg.w_max, device),
+    )  # fmt: skip
+    try:
+        stage.iterate(step, start)
+        if start < cfg.iters:
+            student.eval()
+            stage.save_model("guided", student, None, 0, cfg.iters)
+            stage.save_state(0, cfg.iters, step.modules, opt)
+    finally:
+        stage.log.close()
+        teacher.train(teacher_was_training)
+    if stage.ctx.main and stage.ckpt_dir is not None and not _intact(stage.ckpt_dir / "guided"):
+        stage.save_model("guided", student, None, 0, cfg.iters)
+    ctx.barrier()
+    return student.eval()
+
+
+def _guided_target(
+    teacher: nn.Module,
+    param: str,
+    x: Tensor,
+    z_t: Tensor,
+    t: Tensor,
+    alpha_t: Tensor,
+    sigma_t: Tensor,
+    cond: tuple[Tensor, Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Stage 1's x_tilde: the teacher's guided x_hat_w at (z_t, t, c) ([GD] Eq. 3-4, docs/spec.md
+    section 8), as (z_tpp, alpha_tpp, sigma_tpp) = (x_hat_w, 1, 0). The conditional and the
+    unconditional outputs come from one call on the doubled batch."""
+    c, w = cond
+    with torch.no_grad():
+        t_in = t.to(device=z_t.device, dtype=z_t.dtype)
+        both = teacher(
+            torch.cat([z_t, z_t]), torch.cat([t_in, t_in]), torch.cat([c, torch.full_like(c, NULL_LABEL)])
+        )
+        out_c, out_u = both.chunk(2)
+        x_hat, _ = guided_x_eps(z_t, out_c, out_u, alpha_t, sigma_t, param, w=w)
+    return x_hat, torch.ones_like(alpha_t), torch.zeros_like(sigma_t)
