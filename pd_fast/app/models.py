@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._checks import PARAMS
 from ..parameterizations import NULL_LABEL
-
-PARAMS = ("eps", "x", "v", "both")
 
 
 def output_channels(channels: int, param: str) -> int:
