@@ -9,7 +9,9 @@ and `stochastic_coefs` hold the step formulas (in float64); the step engine (`pd
 runs the combination in fp32, in one fused pass on the Triton path (`kernels.sampler_step`, which
 also reads the unconditional output of a guided step) or as the torch expression on the torch path.
 Steps are inference: the Triton path does not record autograd history (the torch path does, as
-plain torch would).
+plain torch would). DPM-Solver++(2M) (`dpmpp_2m_coefs`) adds a term in the previous call's x_hat,
+which the engine's loop keeps (`_engine.apply_multistep`; on the Triton path a torch pass after the
+fused step).
 """
 
 from __future__ import annotations
