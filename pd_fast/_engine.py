@@ -32,12 +32,15 @@ Model = Callable[..., torch.Tensor]
 
 class StepCoefs(NamedTuple):
     """Per-example coefficients of `z_s = k_z*z_t + k_x*x_hat + k_eps*eps_hat + k_noise*noise`,
-    float64 tensors; None marks a term the step does not have."""
+    float64 tensors; None marks a term the step does not have. A multistep sampler (DPM-Solver++(2M),
+    docs/spec.md section 3) adds `k_prev*x_hat_prev`, the previous model call's x_hat, which `loop`
+    keeps; `prepare` and `apply` see only the first four."""
 
     k_z: torch.Tensor | None
     k_x: torch.Tensor
     k_eps: torch.Tensor | None
     k_noise: torch.Tensor | None
+    k_prev: torch.Tensor | None = None
 
 
 #: a step formula: (alpha_t, sigma_t, alpha_s, sigma_s), float64 tensors of one shape -> StepCoefs
@@ -64,7 +67,7 @@ def x_hat_coefs(alpha_t: torch.Tensor) -> StepCoefs:
 def prepare(alpha_t: torch.Tensor, sigma_t: torch.Tensor, k: StepCoefs, backend: str) -> Prepared:
     """Float64 (B,) coefficients as contiguous fp32 (B,) tensors; on the Triton path an absent
     term becomes a zero coefficient (the kernel always has all four)."""
-    coefs = (alpha_t, sigma_t, *k)
+    coefs = (alpha_t, sigma_t, *k[:4])
     if backend == "triton":
         coefs = tuple(torch.zeros_like(alpha_t) if c is None else c for c in coefs)
     return tuple(None if c is None else c.to(torch.float32).contiguous() for c in coefs)
@@ -107,6 +110,48 @@ def apply(
     if k_noise is not None:
         z_s = z_s + per_example(k_noise, nd) * noise.float()
     return z_s.to(z.dtype)
+
+
+def apply_multistep(
+    backend: str,
+    z: torch.Tensor,
+    out: torch.Tensor,
+    coefs: Prepared,
+    k_prev: torch.Tensor | None,
+    x_hat_prev: torch.Tensor | None,
+    param: str,
+    clip: bool,
+    out_uncond: torch.Tensor | None = None,
+    w: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`apply` plus `k_prev*x_hat_prev` (a multistep step, docs/spec.md section 3), and this step's
+    x_hat (in z's dtype) for the next. The Triton kernel has no slot for a second x_hat: it runs the
+    rest of the step fused and writes x_hat, and the `k_prev` term is one torch pass after it (in fp32
+    on the kernel's output). No noise term."""
+    alpha_t, sigma_t, k_z, k_x, k_eps, _ = coefs
+    nd = z.ndim
+    if backend == "triton":
+        z_s, x_hat = kernels().sampler_step(
+            z, out, alpha_t, sigma_t, k_z, k_x, k_eps, torch.zeros_like(k_x), param, clip, None,
+            write_x_hat=True, out_uncond=out_uncond, w=w,
+        )  # fmt: skip
+        if k_prev is not None:
+            z_s = (z_s.float() + per_example(k_prev, nd) * x_hat_prev.float()).to(z.dtype)
+        return z_s, x_hat
+    z32 = z.float()
+    alpha_t, sigma_t = per_example(alpha_t, nd), per_example(sigma_t, nd)
+    if out_uncond is None:
+        x_hat, _ = x_eps_from_out(z32, out.float(), alpha_t, sigma_t, param, clip)
+    else:
+        x_hat, _ = guided_from_outs(
+            z32, out.float(), out_uncond.float(), alpha_t, sigma_t, param, per_example(w, nd), clip
+        )
+    z_s = per_example(k_x, nd) * x_hat
+    if k_z is not None:
+        z_s = per_example(k_z, nd) * z32 + z_s
+    if k_prev is not None:
+        z_s = z_s + per_example(k_prev, nd) * x_hat_prev.float()
+    return z_s.to(z.dtype), x_hat.to(z.dtype)
 
 
 def on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,6 +208,7 @@ class Plan:
     t: list[torch.Tensor]  # model times, (B,) in z's dtype, one per model call
     coefs: list[Prepared]  # one per model call; the last gives x_hat
     noisy: bool  # whether the steps (all but the last) draw noise
+    prev: list[torch.Tensor | None] | None = None  # a multistep sampler's k_prev, fp32 (B,), per call
 
 
 def plan(z: torch.Tensor, steps: int, schedule: Any, rule: StepRule, backend: str) -> Plan:
@@ -181,11 +227,11 @@ def plan(z: torch.Tensor, steps: int, schedule: Any, rule: StepRule, backend: st
     last = x_hat_coefs(alpha_t)
     zero = torch.zeros_like(alpha_t)
     columns = [alpha_t, sigma_t]  # one row per model call; the last row is the x_hat-only call
-    for c_step, c_last in zip(k, last, strict=True):
+    for c_step, c_last in zip(k[:4], last[:4], strict=True):
         c_step, c_last = (zero if c is None else c for c in (c_step, c_last))
         columns.append(torch.cat([c_step[:-1], c_last[-1:]]))
-    present_step = (True, True) + tuple(c is not None or backend == "triton" for c in k)
-    present_last = (True, True) + tuple(c is not None or backend == "triton" for c in last)
+    present_step = (True, True) + tuple(c is not None or backend == "triton" for c in k[:4])
+    present_last = (True, True) + tuple(c is not None or backend == "triton" for c in last[:4])
     padded = -(-batch // 8) * 8
     table = torch.stack(columns, dim=1).to(device=device, dtype=torch.float32)  # (N, 6)
     table = table.unsqueeze(-1).expand(steps, 6, padded).contiguous()
@@ -194,7 +240,13 @@ def plan(z: torch.Tensor, steps: int, schedule: Any, rule: StepRule, backend: st
     for j in range(steps):
         present = present_last if j == steps - 1 else present_step
         coefs.append(tuple(table[j, c, :batch] if present[c] else None for c in range(6)))
-    return Plan([times[j, :batch] for j in range(steps)], coefs, k.k_noise is not None)
+    prev = None
+    if k.k_prev is not None:  # used from the second step on; the last call has none
+        k_prev = (
+            k.k_prev.to(device=device, dtype=torch.float32).unsqueeze(-1).expand(steps, padded).contiguous()
+        )
+        prev = [k_prev[j, :batch] if 0 < j < steps - 1 else None for j in range(steps)]
+    return Plan([times[j, :batch] for j in range(steps)], coefs, k.k_noise is not None, prev)
 
 
 def loop(
@@ -211,10 +263,17 @@ def loop(
 ) -> torch.Tensor:
     """The sampler's loop over `calls` (default all): one model call (two when guided) and one step
     each; the last call returns x_hat. Noise: one `randn(z.shape)` in z's dtype per step with noise,
-    in order."""
+    in order. A multistep plan (`plan.prev`) keeps each call's x_hat for the next step."""
     steps = len(plan.t)
+    x_hat_prev = None
     for j in tqdm(calls or range(steps), disable=not progress, desc="sampling", leave=False):
         out, guided = step_outs(model, z, plan.t[j], param, guide)
+        if plan.prev is not None and j < steps - 1:
+            k_prev = plan.prev[j] if x_hat_prev is not None else None
+            z, x_hat_prev = apply_multistep(
+                backend, z, out, plan.coefs[j], k_prev, x_hat_prev, param, clip, **guided
+            )
+            continue
         noise = None
         if plan.noisy and j < steps - 1:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)

@@ -9,7 +9,9 @@ and `stochastic_coefs` hold the step formulas (in float64); the step engine (`pd
 runs the combination in fp32, in one fused pass on the Triton path (`kernels.sampler_step`, which
 also reads the unconditional output of a guided step) or as the torch expression on the torch path.
 Steps are inference: the Triton path does not record autograd history (the torch path does, as
-plain torch would).
+plain torch would). DPM-Solver++(2M) (`dpmpp_2m_coefs`) adds a term in the previous call's x_hat,
+which the engine's loop keeps (`_engine.apply_multistep`; on the Triton path a torch pass after the
+fused step).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from ._engine import (
 )
 from .parameterizations import NULL_LABEL
 
-SAMPLERS = ("ddim", "ancestral", "stochastic")
+SAMPLERS = ("ddim", "ancestral", "stochastic", "dpmpp_2m")
 VARIANCES = ("fixed_small", "fixed_large")
 
 
@@ -98,9 +100,34 @@ def stochastic_coefs(
     return StepCoefs(None, alpha_s, alpha_s * sigma_k / alpha_k, torch.sqrt(var))
 
 
+def dpmpp_2m_coefs(
+    alpha_t: torch.Tensor,
+    sigma_t: torch.Tensor,
+    alpha_s: torch.Tensor,
+    sigma_s: torch.Tensor,
+    alpha_p: torch.Tensor,
+    sigma_p: torch.Tensor,
+) -> StepCoefs:
+    """DPM-Solver++(2M) ([DPM++] Algorithm 2, docs/spec.md section 3) with the previous grid time p > t:
+    `h = lambda_s - lambda_t`, `r = (lambda_t - lambda_p)/h`, `k_z = sigma_s/sigma_t`,
+    `k_x = alpha_s*(1 - exp(-h/2))*(1 + 1/(2r))`, `k_prev = -alpha_s*(1 - exp(-h/2))/(2r)`.
+    A step without a previous x_hat (the first) uses `k_z` and `alpha_s*(1 - exp(-h/2))` as k_x
+    (first order, i.e. DDIM): the sampler's plan passes k_prev = None there."""
+    lambda_t = 2.0 * (torch.log(alpha_t) - torch.log(sigma_t))
+    lambda_s = 2.0 * (torch.log(alpha_s) - torch.log(sigma_s))
+    lambda_p = 2.0 * (torch.log(alpha_p) - torch.log(sigma_p))
+    h = lambda_s - lambda_t
+    phi = -alpha_s * torch.expm1(-0.5 * h)
+    half_inv_r = 0.5 * h / (lambda_t - lambda_p)
+    first = torch.zeros_like(h, dtype=torch.bool)
+    first[0] = True  # the plan's first step: no previous x_hat
+    k_x = torch.where(first, phi, phi * (1.0 + half_inv_r))
+    return StepCoefs(sigma_s / sigma_t, k_x, None, None, torch.where(first, 0.0, -phi * half_inv_r))
+
+
 def step_rule(sampler: str, eta: float, variance: str, steps: int = 1, schedule: Any = None) -> StepRule:
     """The step formula of `sampler` ("ddim" with `eta`, "ancestral" with `variance`, "stochastic"
-    on the grid of `steps` of `schedule`), as the engine's `plan` takes it:
+    or "dpmpp_2m" on the grid of `steps` of `schedule`), as the engine's `plan` takes it:
     (alpha_t, sigma_t, alpha_s, sigma_s) -> StepCoefs, all of plan's steps (t_i = i/N, i = N .. 1)
     at once."""
     if sampler == "ddim":
@@ -108,6 +135,9 @@ def step_rule(sampler: str, eta: float, variance: str, steps: int = 1, schedule:
     if sampler == "ancestral":
         return partial(ancestral_coefs, variance=variance)
     t = torch.arange(steps, 0, -1, dtype=torch.float64) / steps
+    if sampler == "dpmpp_2m":  # p = t + 1/N; the first step's p (above 1) is not used
+        alpha_p, sigma_p = on_cpu(schedule.alpha_sigma(torch.clamp(t + 1.0 / steps, max=1.0)))
+        return partial(dpmpp_2m_coefs, alpha_p=alpha_p, sigma_p=sigma_p)
     alpha_k, sigma_k = on_cpu(schedule.alpha_sigma(torch.clamp(t - 2.0 / steps, min=0.0)))
     return partial(stochastic_coefs, alpha_k=alpha_k, sigma_k=sigma_k)
 
@@ -271,9 +301,11 @@ def sample(
 ) -> torch.Tensor:
     """Sample with `steps` network evaluations on the grid `t_i = i / steps`, `i = steps .. 1`, from
     `z = z_1` (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
-    sampler: "ddim" (with `eta`), "ancestral" (with `variance`), or "stochastic", [GD]'s N-step
+    sampler: "ddim" (with `eta`), "ancestral" (with `variance`), "stochastic", [GD]'s N-step
     sampler (docs/spec.md section 8: a DDIM step to t - 2/N, then forward noise back to t - 1/N,
-    as one fused step; the last step deterministic).
+    as one fused step; the last step deterministic), or "dpmpp_2m", DPM-Solver++(2M) ([DPM++]
+    Algorithm 2, `dpmpp_2m_coefs`; first step first order, the last x_hat; on the Triton path the
+    term in the previous x_hat is a torch pass after the fused step).
     Conditional models (docs/spec.md section 8): with `labels` (an int, or an integer (B,) tensor)
     the model is called `model(z, t, labels)`, and, if some w > 0, also `model(z, t, null)` with
     labels `NULL_LABEL` = -1; the steps then use the guided prediction with weight `w` (float, 0-d

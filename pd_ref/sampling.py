@@ -1,5 +1,6 @@
-"""Sampling steps and the N-step samplers ([DDIM] Eq. 12, [DDPM] Eq. 6-7, docs/spec.md section 3; the
-guided prediction and the stochastic sampler of [GD], docs/spec.md section 8)."""
+"""Sampling steps and the N-step samplers ([DDIM] Eq. 12, [DDPM] Eq. 6-7, DPM-Solver++(2M) of [DPM++]
+Algorithm 2, docs/spec.md section 3; the guided prediction and the stochastic sampler of [GD],
+docs/spec.md section 8)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from ._checks import as_array, before, coef, labels_array, out_matches, param_name, same_shape, steps_count
 from .parameterizations import NULL_LABEL, step_x_eps
 
-SAMPLERS = ("ddim", "ancestral", "stochastic")
+SAMPLERS = ("ddim", "ancestral", "stochastic", "dpmpp_2m")
 VARIANCES = ("fixed_small", "fixed_large")
 
 
@@ -113,6 +114,35 @@ def ancestral_step(
     return mean + np.sqrt(var) * noise
 
 
+def dpmpp_2m_update(
+    z_t: np.ndarray,
+    x_hat: np.ndarray,
+    x_hat_prev: np.ndarray | None,
+    lambda_prev: float | None,
+    alpha_t: float,
+    sigma_t: float,
+    alpha_s: float,
+    sigma_s: float,
+) -> np.ndarray:
+    """One DPM-Solver++(2M) step from t to s < t ([DPM++] Algorithm 2, the data-prediction multistep
+    solver; docs/spec.md section 3), from `x_hat` at t and `x_hat_prev` at the previous grid time
+    (with log-SNR `lambda_prev`; None for the first step, which is first order, i.e. DDIM):
+    `h = lambda_s - lambda_t`, `r = (lambda_t - lambda_prev)/h`,
+    `D = (1 + 1/(2r))*x_hat - (1/(2r))*x_hat_prev` (`D = x_hat` for the first step),
+    `z_s = (sigma_s/sigma_t)*z_t + alpha_s*(1 - exp(-h/2))*D`
+    (lambda is the log-SNR `2*log(alpha/sigma)`, so the paper's half-log-SNR step is h/2; the ratio r
+    is the same in either). z_t, x_hat, x_hat_prev: (B, ...); coefficients floats, sigma_s > 0.
+    """
+    lambda_t = 2.0 * (np.log(alpha_t) - np.log(sigma_t))
+    lambda_s = 2.0 * (np.log(alpha_s) - np.log(sigma_s))
+    h = lambda_s - lambda_t
+    d = x_hat
+    if x_hat_prev is not None:
+        half_inv_r = 0.5 * h / (lambda_t - lambda_prev)
+        d = (1.0 + half_inv_r) * x_hat - half_inv_r * x_hat_prev
+    return (sigma_s / sigma_t) * z_t - alpha_s * np.expm1(-0.5 * h) * d
+
+
 def noise_back(z_k: Any, alpha_k: Any, sigma_k: Any, alpha_s: Any, sigma_s: Any, noise: Any) -> np.ndarray:
     """Forward noising from k to s > k, a draw from q(z_s | z_k) ([GD] Section 4.3's "stochastic step
     backward", docs/spec.md section 8): `z_s = (alpha_s/alpha_k)*z_k + sigma_{s|k}*noise`,
@@ -155,9 +185,11 @@ def sample(
     """Sample with `steps` network evaluations on the grid `t_i = i / steps`, `i = steps .. 1`, from
     `z = z_1` (docs/spec.md section 3). The last step (to t = 0) returns `x_hat`, not `z_0`.
 
-    sampler: "ddim" (with `eta`), "ancestral" (with `variance`), or "stochastic", [GD]'s N-step
+    sampler: "ddim" (with `eta`), "ancestral" (with `variance`), "stochastic", [GD]'s N-step
     sampler (docs/spec.md section 8): from t, a DDIM step to `k = max(t - 2/N, 0)`, then `noise_back`
-    to `s = t - 1/N`; the last step deterministic.
+    to `s = t - 1/N`; the last step deterministic; or "dpmpp_2m", DPM-Solver++(2M) ([DPM++]
+    Algorithm 2, `dpmpp_2m_update`): the first step first order, the last (to t = 0) x_hat, as
+    diffusers' `DPMSolverMultistepScheduler` with `final_sigmas_type="zero"`.
     model(z, t) takes t of shape (B,); `seed` seeds the noise of stochastic samplers.
     Conditional models (docs/spec.md section 8): with `labels` (an int or (B,) ints) the model is
     called `model(z, t, labels)`, and for any w > 0 also `model(z, t, null)` with the null label -1;
@@ -190,12 +222,17 @@ def sample(
             return out, {}
         return out, {"out_uncond": model_out(z, t, np.full_like(labels, NULL_LABEL)), "w": w}
 
+    x_hat_prev, lambda_prev = None, None
     for i in range(steps, 1, -1):
         t, s = i / steps, (i - 1) / steps
         alpha_t, sigma_t = schedule.alpha_sigma(t)
         alpha_s, sigma_s = schedule.alpha_sigma(s)
         out, guide = outs(z, t)
-        if sampler == "ddim":
+        if sampler == "dpmpp_2m":
+            x_hat, _ = step_x_eps(z, out, alpha_t, sigma_t, param, clip, **guide)
+            z = dpmpp_2m_update(z, x_hat, x_hat_prev, lambda_prev, alpha_t, sigma_t, alpha_s, sigma_s)
+            x_hat_prev, lambda_prev = x_hat, 2.0 * (np.log(alpha_t) - np.log(sigma_t))
+        elif sampler == "ddim":
             noise = rng.standard_normal(z.shape) if eta > 0 else None
             z = ddim_step(
                 z, out, alpha_t, sigma_t, alpha_s, sigma_s, param, clip=clip, eta=eta, noise=noise, **guide

@@ -8,8 +8,12 @@ Teacher training -> progressive distillation ([PD] Algorithm 2) -> evaluation, o
   them `intervals` (95% intervals mirroring `rows`), `comparisons` (ratios to the teacher with
   their intervals and `significant`), `precision_recall` and `memorisation`
   (`pd_fast.app.evaluation.sample_statistics`),
-- `samples.npz`: the scored samples, `x_teacher_ddim_N<N>` and `x_student_ddim_N<N>` (float32
-  in [-1, 1], all from the same noise),
+- `baselines` in `report.json`: the teacher sampled with DPM-Solver++(2M) (this project's
+  `sampler="dpmpp_2m"`) and with diffusers' UniPC (where diffusers is installed) at every N, from
+  the same noise, scored the same way, with intervals, precision/recall and paired ratios to each
+  student (`pd_fast.app.evaluation.evaluate_baselines`, `baseline_statistics`),
+- `samples.npz`: the scored samples, `x_teacher_ddim_N<N>`, `x_student_ddim_N<N>`,
+  `x_teacher_dpmpp_N<N>` and `x_teacher_unipc_N<N>` (float32 in [-1, 1], all from the same noise),
 - `quality_vs_steps.png` (with error bars), `samples.png`,
 - `checkpoints/` (teacher, one student per round, training state) and `log.jsonl`, written by
   `pd_fast.training`; `config.json` (this run's settings) and `model.json` (the network's config).
@@ -624,9 +628,18 @@ def run(
     from ..schedules import CosineSchedule
     from .checkpoint import save_json, schedule_from_dict
     from .data import load_data
-    from .evaluation import evaluate_models, make_evaluator, sample_statistics
+    from .evaluation import (
+        BASELINES,
+        UNIPC_TRAIN_STEPS,
+        baseline_statistics,
+        evaluate_baselines,
+        evaluate_models,
+        make_evaluator,
+        sample_statistics,
+    )
     from .models import build_model
     from .report import (
+        format_baselines,
         format_comparisons,
         format_quality_checks,
         format_table,
@@ -728,6 +741,21 @@ def run(
     t0 = time.perf_counter()
     statistics = sample_statistics(evaluator, samples, seed=settings["seed"], rows=rows)
     timings["statistics_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baseline_rows, baseline_samples = evaluate_baselines(
+        teacher, evaluator, schedule, param, teacher_steps, z
+    )
+    baselines = dict(
+        solvers={k: v.format(T=UNIPC_TRAIN_STEPS) for k, v in BASELINES.items()},
+        unipc=None if not baseline_samples["teacher_unipc"] else "diffusers",
+        rows=baseline_rows,
+        **baseline_statistics(
+            evaluator, samples, rows, baseline_samples, baseline_rows, seed=settings["seed"]
+        ),
+    )
+    if not baseline_samples["teacher_unipc"]:
+        baselines["solvers"]["teacher_unipc"] = "skipped: diffusers is not installed"
+    timings["baseline_seconds"] = time.perf_counter() - t0
     timings["total_seconds"] = time.perf_counter() - t_start
 
     report: dict[str, Any] = {
@@ -748,10 +776,11 @@ def run(
     }
     report["targets"] = _targets(rows, statistics["comparisons"], evaluator.metric)
     report.update(statistics)
+    report["baselines"] = baselines
     if world > 1:
         report["rank_fingerprints"] = fingerprints
     save_json(os.path.join(out, "report.json"), report)
-    write_samples(os.path.join(out, "samples.npz"), samples)
+    write_samples(os.path.join(out, "samples.npz"), {**samples, **baseline_samples})
     plot_quality(report, os.path.join(out, "quality_vs_steps.png"))
     grid_steps = [n for n in sorted(samples["teacher"]) if n in students or n == max(samples["teacher"])]
     shown = {"teacher": {n: samples["teacher"][n] for n in grid_steps}, "student": samples["student"]}
@@ -759,13 +788,15 @@ def run(
     print(format_table(report))
     print(format_comparisons(report))
     print(format_quality_checks(report))
+    print(format_baselines(report))
     for line in report["targets"]:
         print(line["text"] + (f"; {line['interval_text']}" if "interval_text" in line else ""))
     print(
         f"time: teacher {timings['teacher_train_seconds']:.1f}s, "
         f"distillation {timings['distill_train_seconds']:.1f}s, "
         f"evaluation {timings['eval_seconds']:.1f}s (+ intervals and checks "
-        f"{timings['statistics_seconds']:.1f}s), total {timings['total_seconds']:.1f}s"
+        f"{timings['statistics_seconds']:.1f}s, baselines {timings['baseline_seconds']:.1f}s), "
+        f"total {timings['total_seconds']:.1f}s"
     )
     print(f"wrote {out}/report.json, samples.npz, quality_vs_steps.png, samples.png, checkpoints/")
     return report

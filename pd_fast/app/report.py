@@ -11,8 +11,6 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .evaluation import MODEL_FIELDS
-
 
 def _with_interval(value: float | None, interval: list[float] | None) -> str:
     if value is None:
@@ -158,15 +156,63 @@ def format_quality_checks(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: the `.npz` name prefix of each model's samples
+SAMPLE_NAMES = {
+    "teacher": "x_teacher_ddim_N",
+    "student": "x_student_ddim_N",
+    "teacher_dpmpp": "x_teacher_dpmpp_N",
+    "teacher_unipc": "x_teacher_unipc_N",
+}
+
+
+def format_baselines(report: dict[str, Any]) -> str:
+    """The baselines of a report (`baselines`): per N, the teacher with DDIM, DPM-Solver++(2M) and
+    UniPC, and the student, each Fréchet distance with its interval, then the student's ratio to
+    each solver at its N (`*`: significant; `overlap`: the two distances' intervals overlap)."""
+    base = report.get("baselines")
+    if not base:
+        return ""
+    metric = report["space"]
+    ddim = {r["steps"]: r for r in report["rows"]}
+    ddim_ci = {r["steps"]: r for r in report.get("intervals", {}).get("rows", [])}
+    ci = {r["steps"]: r for r in base["intervals"]["rows"]}
+    ratios = {(c["name"], c["steps"]): c for c in base["comparisons"]["rows"] if c["space"] == metric}
+    lines = [f"Baselines: the teacher with training-free solvers ({metric} Fréchet distance, 95% intervals)"]
+    lines += [f"  {k}: {v}" for k, v in base["solvers"].items()]
+    heads = ("DDIM", "DPM-Solver++ 2M", "UniPC", "distilled", "distilled / 2M", "distilled / UniPC")
+    cells = []
+    for row in base["rows"]:
+        n = row["steps"]
+        d = ddim.get(n, {})
+        c = []
+        c.append(_with_interval(d.get("teacher_ddim"), ddim_ci.get(n, {}).get("teacher_ddim")))
+        for name in ("teacher_dpmpp", "teacher_unipc"):
+            c.append(_with_interval(row.get(name), ci.get(n, {}).get(name)))
+        c.append(_with_interval(d.get("student"), ddim_ci.get(n, {}).get("student")))
+        for name in ("teacher_dpmpp", "teacher_unipc"):
+            r = ratios.get((f"student_{n}_vs_{name}_{n}", n))
+            c.append(_ratio_cell(r) + (" overlap" if r and r.get("frechet_intervals_overlap") else ""))
+        cells.append(c)
+    w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    lines += [
+        f"{'steps':>6} | " + " | ".join(f"{h:>{w[i]}}" for i, h in enumerate(heads)),
+        f"{'-' * 6}-+-" + "-+-".join("-" * x for x in w),
+    ]
+    for row, c in zip(base["rows"], cells, strict=True):
+        lines.append(f"{row['steps']:>6} | " + " | ".join(f"{c[i]:>{w[i]}}" for i in range(len(heads))))
+    return "\n".join(lines)
+
+
 def write_samples(path: str, samples: dict[str, dict[int, Tensor]]) -> None:
-    """Write the scored samples to an `.npz` atomically: `x_teacher_ddim_N<N>` and
-    `x_student_ddim_N<N>`, float32 (n, ...) in [-1, 1], as `evaluate_models` returned them."""
+    """Write the scored samples to an `.npz` atomically: `x_teacher_ddim_N<N>`,
+    `x_student_ddim_N<N>` and, where given, the baselines' `x_teacher_dpmpp_N<N>` and
+    `x_teacher_unipc_N<N>`, float32 (n, ...) in [-1, 1], as `evaluate_models` and
+    `evaluate_baselines` returned them."""
     from .checkpoint import atomic_write_bytes
 
-    names = {"teacher": "x_teacher_ddim_N", "student": "x_student_ddim_N"}
     arrays = {
-        f"{names[key]}{n}": s.detach().cpu().float().numpy()
-        for key in MODEL_FIELDS
+        f"{prefix}{n}": s.detach().cpu().float().numpy()
+        for key, prefix in SAMPLE_NAMES.items()
         for n, s in sorted(samples.get(key, {}).items())
     }
     buf = io.BytesIO()

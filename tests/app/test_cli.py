@@ -61,6 +61,7 @@ def test_tiny_job_keeps_the_scored_samples(tiny_run):
     with np.load(tiny_run / "samples.npz") as z:
         arrays = {k: z[k] for k in z.files}
     expected = {f"x_teacher_ddim_N{n}" for n in (1, 2, 4)} | {f"x_student_ddim_N{n}" for n in (1, 2)}
+    expected |= {f"x_teacher_{b}_N{n}" for n in (1, 2, 4) for b in ("dpmpp", "unipc")}
     assert set(arrays) == expected
     for x in arrays.values():
         assert x.dtype == np.float32 and x.shape == (report["eval_samples"], 1, 8, 8)
@@ -73,6 +74,10 @@ def test_tiny_job_keeps_the_scored_samples(tiny_run):
                 again = ev.distances(torch.from_numpy(arrays[f"{name}_N{row['steps']}"]))
                 assert again["classifier"] == pytest.approx(row[key], rel=1e-6)
                 assert again["pixel"] == pytest.approx(row[f"{key}_pixel"], rel=1e-6)
+    for row in report["baselines"]["rows"]:
+        for key in ("teacher_dpmpp", "teacher_unipc"):
+            again = ev.distances(torch.from_numpy(arrays[f"x_{key}_N{row['steps']}"]))
+            assert again["classifier"] == pytest.approx(row[key], rel=1e-6)
     assert not list(tiny_run.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
@@ -102,6 +107,22 @@ def test_tiny_job_reports_intervals_comparisons_and_quality_checks(tiny_run):
     assert [r["steps"] for r in pr["rows"]] == [1, 2, 4] and pr["rows"][2]["student"] is None
     memo = report["memorisation"]
     assert memo["training_examples"] == 1797 and memo["rows"][0]["student"]["median_ratio"] > 0
+    base = report["baselines"]
+    assert [r["steps"] for r in base["rows"]] == [1, 2, 4] and "T = 1024" in base["solvers"]["teacher_unipc"]
+    ci = {r["steps"]: r for r in base["intervals"]["rows"]}
+    for row in base["rows"]:
+        for key in ("teacher_dpmpp", "teacher_unipc", "teacher_dpmpp_pixel", "teacher_unipc_pixel"):
+            lo, hi = ci[row["steps"]][key]
+            assert 0.0 <= lo <= row[key] <= hi
+    # DPM-Solver++(2M)'s first step is DDIM's, and its last returns x_hat: at N <= 2 they are one sampler
+    rows = {r["steps"]: r for r in report["rows"]}
+    assert base["rows"][0]["teacher_dpmpp"] == pytest.approx(rows[1]["teacher_ddim"], rel=1e-5)
+    assert base["rows"][1]["teacher_dpmpp"] == pytest.approx(rows[2]["teacher_ddim"], rel=1e-4)
+    comps = {(c["name"], c["space"]) for c in base["comparisons"]["rows"]}
+    assert {
+        ("student_2_vs_teacher_unipc_2", "classifier"),
+        ("teacher_dpmpp_4_vs_teacher_ddim_4", "pixel"),
+    } <= comps
 
 
 def test_printed_report_shows_intervals_and_significance(tiny_run, capsys):
@@ -111,6 +132,7 @@ def test_printed_report_shows_intervals_and_significance(tiny_run, capsys):
     assert "distilled vs teacher DDIM at the same N: significantly better at N = " in out
     assert "distilled vs teacher 4-step DDIM:" in out
     assert "k-NN precision / recall" in out and "memorisation" in out
+    assert "Baselines: the teacher with training-free solvers" in out and "DPM-Solver++ 2M" in out
 
 
 def test_resume_of_a_finished_run_gives_the_same_report(tiny_run):
