@@ -759,17 +759,7 @@ def run(
     timings["total_seconds"] = time.perf_counter() - t_start
 
     report: dict[str, Any] = {
-        "metric": f"frechet_{evaluator.metric}",
-        "floor": evaluator.floor[evaluator.metric],
-        "rows": rows,
-        "space": evaluator.metric,
-        "floors": evaluator.floor,
-        "spaces": list(evaluator.floor),
-        "data": data.name,
-        "eval_samples": evaluator.n_samples,
-        "settings": settings,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
+        **_report_head(evaluator, rows, data, settings, device),
         "world_size": world,
         **evaluator.info,
         **timings,
@@ -800,6 +790,25 @@ def run(
     )
     print(f"wrote {out}/report.json, samples.npz, quality_vs_steps.png, samples.png, checkpoints/")
     return report
+
+
+def _report_head(
+    evaluator: Any, rows: list[dict], data: Any, settings: dict[str, Any], device: torch.device
+) -> dict:
+    """The report fields every job shares: the metric, its floor, the rows, the data and the run."""
+    return {
+        "metric": f"frechet_{evaluator.metric}",
+        "floor": evaluator.floor[evaluator.metric],
+        "rows": rows,
+        "space": evaluator.metric,
+        "floors": evaluator.floor,
+        "spaces": list(evaluator.floor),
+        "data": data.name,
+        "eval_samples": evaluator.n_samples,
+        "settings": settings,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _rank_fingerprints(
@@ -1020,24 +1029,14 @@ def _run_diffusers(
     timings["total_seconds"] = time.perf_counter() - t_start
 
     report: dict[str, Any] = {
-        "metric": f"frechet_{evaluator.metric}",
-        "floor": evaluator.floor[evaluator.metric],
-        "rows": rows,
-        "space": evaluator.metric,
-        "floors": evaluator.floor,
-        "spaces": list(evaluator.floor),
-        "data": data.name,
-        "eval_samples": evaluator.n_samples,
+        **_report_head(evaluator, rows, data, settings, device),
         "clip": False,
-        "settings": settings,
         "teacher_param": teacher_param,
         "param": param,
         "num_train_timesteps": T,
         "reparam": reparam_info,
         "diffusers_exports": exports,
         "not_exported_steps": skipped,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
         **evaluator.info,
         **timings,
     }
