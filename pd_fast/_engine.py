@@ -95,13 +95,7 @@ def apply(
         return z_s
     nd = z.ndim
     z32 = z.float()
-    alpha_t, sigma_t = per_example(alpha_t, nd), per_example(sigma_t, nd)
-    if out_uncond is None:
-        x_hat, eps_hat = x_eps_from_out(z32, out.float(), alpha_t, sigma_t, param, clip)
-    else:
-        x_hat, eps_hat = guided_from_outs(
-            z32, out.float(), out_uncond.float(), alpha_t, sigma_t, param, per_example(w, nd), clip
-        )
+    x_hat, eps_hat = _x_eps_torch(z32, out, alpha_t, sigma_t, param, clip, out_uncond, w)
     z_s = per_example(k_x, nd) * x_hat
     if k_z is not None:
         z_s = per_example(k_z, nd) * z32 + z_s
@@ -110,6 +104,27 @@ def apply(
     if k_noise is not None:
         z_s = z_s + per_example(k_noise, nd) * noise.float()
     return z_s.to(z.dtype)
+
+
+def _x_eps_torch(
+    z32: torch.Tensor,
+    out: torch.Tensor,
+    alpha_t: torch.Tensor,
+    sigma_t: torch.Tensor,
+    param: str,
+    clip: bool,
+    out_uncond: torch.Tensor | None,
+    w: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat, eps_hat) in fp32 on the torch path: the network's own (docs/spec.md section 2), or the
+    guided combination when `out_uncond` is given (section 8); (B,) coefficients."""
+    nd = z32.ndim
+    alpha_t, sigma_t = per_example(alpha_t, nd), per_example(sigma_t, nd)
+    if out_uncond is None:
+        return x_eps_from_out(z32, out.float(), alpha_t, sigma_t, param, clip)
+    return guided_from_outs(
+        z32, out.float(), out_uncond.float(), alpha_t, sigma_t, param, per_example(w, nd), clip
+    )
 
 
 def apply_multistep(
@@ -139,13 +154,7 @@ def apply_multistep(
             z_s = (z_s.float() + per_example(k_prev, nd) * x_hat_prev.float()).to(z.dtype)
         return z_s, x_hat
     z32 = z.float()
-    alpha_t, sigma_t = per_example(alpha_t, nd), per_example(sigma_t, nd)
-    if out_uncond is None:
-        x_hat, _ = x_eps_from_out(z32, out.float(), alpha_t, sigma_t, param, clip)
-    else:
-        x_hat, _ = guided_from_outs(
-            z32, out.float(), out_uncond.float(), alpha_t, sigma_t, param, per_example(w, nd), clip
-        )
+    x_hat, _ = _x_eps_torch(z32, out, alpha_t, sigma_t, param, clip, out_uncond, w)
     z_s = per_example(k_x, nd) * x_hat
     if k_z is not None:
         z_s = per_example(k_z, nd) * z32 + z_s

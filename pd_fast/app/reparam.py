@@ -35,10 +35,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._checks import PARAMS
 from ..distillation import fused_distill_loss
 from ..parameterizations import predict_x_eps
+from ..schedules import diffuse
 
-PARAMS = ("eps", "x", "v", "both")
 #: the loss weighting of the teacher's own output space (docs/spec.md section 5)
 TEACHER_WEIGHTING = {"eps": "snr", "x": "constant", "v": "snr+1", "both": "snr_trunc"}
 
@@ -90,7 +91,6 @@ def reparameterize(
     params = [q for q in student.parameters() if q.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     losses: list[float] = []
-    column = (-1,) + (1,) * (x_all.ndim - 1)
     try:
         for it in tqdm(
             range(iters), desc=f"{teacher_param} -> {param} at {steps} steps", disable=not progress
@@ -101,7 +101,7 @@ def reparameterize(
             t = i.to(torch.float64) / steps
             noise = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(device)
             alpha_t, sigma_t = (c.to(device) for c in schedule.alpha_sigma(t))
-            z_t = (alpha_t.reshape(column) * x.double() + sigma_t.reshape(column) * noise.double()).to(dtype)
+            z_t = diffuse(x, t, schedule, noise)
             t_model = t.to(device=device, dtype=dtype)
             with torch.no_grad():
                 x_teacher, _ = predict_x_eps(z_t, teacher(z_t, t_model), alpha_t, sigma_t, teacher_param)
