@@ -647,7 +647,7 @@ def run(
         plot_samples,
         write_samples,
     )
-    from .training import progressive_distill, train_teacher
+    from .training import part_ranks, progressive_distill, train_teacher
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -727,6 +727,7 @@ def run(
     )
     timings["distill_train_seconds"] = time.perf_counter() - t0
     fingerprints = _rank_fingerprints(teacher, students) if world > 1 else None
+    part_ranks()  # training is over: the ranks part together, and rank 0 alone goes on
     if rank != 0:
         return {}
 
@@ -1164,6 +1165,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            from .training import part_ranks
+
             ranks = _torchrun_ranks()
             device = _device(args.device, None if ranks is None else ranks[2])
             if ranks is not None:
@@ -1183,6 +1186,7 @@ def main(argv: list[str] | None = None) -> int:
                 error = err
             error = _agree(error)  # every rank has validated before rank 0 writes
             if error is not None:
+                part_ranks()
                 raise error
             try:
                 if rank == 0:
@@ -1191,6 +1195,7 @@ def main(argv: list[str] | None = None) -> int:
                 error = err
             error = _agree(error)
             if error is not None:
+                part_ranks()
                 raise error
             if job.threads is not None:
                 torch.set_num_threads(job.threads)

@@ -426,6 +426,18 @@ def _dist_context() -> _Dist:
     return _Dist()
 
 
+def part_ranks() -> None:
+    """End the process group on every rank together: a barrier, then `destroy_process_group`.
+
+    A rank that tears its group down while another still completes a collective with it can abort
+    in gloo's teardown (`terminate called without an active exception`); after the barrier no
+    collective is in flight. A no-op outside torchrun.
+    """
+    if dist.is_available() and dist.is_initialized():
+        _dist_context().barrier()
+        dist.destroy_process_group()
+
+
 def _stream_seed(seed: int, rank: int, stream: str) -> int:
     """A 63-bit seed for one random stream, derived from (seed, rank, stream) by NumPy's SeedSequence."""
     tag = int.from_bytes(stream.encode(), "little")
