@@ -166,6 +166,18 @@ def coefs_for(values: dict[str, Any], batch: int, device: torch.device) -> dict[
     return {name: coef(name, value, batch, cpu) for name, value in host.items()}
 
 
+def to_device(host: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor (the per-example coefficients of a call, stacked) cast to `dtype` on `device`:
+    one copy (from pinned memory on CUDA, not blocking the host) rather than one blocking copy
+    per coefficient. A tensor already on `device` is only cast."""
+    block = host.to(dtype)
+    if block.device == device or device.type == "cpu" or block.device.type != "cpu":
+        return block.to(device)
+    if device.type == "cuda":
+        block = block.pin_memory()
+    return block.to(device, non_blocking=True)
+
+
 def per_example(c: torch.Tensor, ndim: int) -> torch.Tensor:
     """A (B,) per-example coefficient shaped (B, 1, ..., 1) to broadcast over a batch of `ndim`
     dims (its dtype unchanged)."""
@@ -189,15 +201,18 @@ def times(name: str, t: Any) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"{name} must be real, got dtype {t.dtype}")
-        arr = t.detach().to(torch.float64)
+        # float64 without grad is returned as it is, so that its host copy still applies downstream
+        arr = t if t.dtype == torch.float64 and not t.requires_grad else t.detach().to(torch.float64)
     else:
         try:
             arr = torch.as_tensor(t, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"{name} must be a float or a tensor of floats") from err
     if arr.numel():
-        if arr.device.type == "cpu":  # NumPy's min and max of a few floats cost a fraction of torch's
-            values = arr.numpy()
+        # a device tensor with a host copy (`remember_host_copy`) is checked on that copy: no sync
+        host = host_copy(t) if arr.device.type != "cpu" else None
+        if arr.device.type == "cpu" or host is not None:  # NumPy's min and max of a few floats
+            values = (arr if host is None else host).numpy()  # cost a fraction of torch's
             low, high = float(values.min()), float(values.max())  # NaN propagates to both
         else:
             low, high = torch.stack(torch.aminmax(arr)).tolist()

@@ -174,18 +174,6 @@ def on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def to_device(host: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A CPU tensor (the per-example coefficients of a call, stacked) cast to `dtype` on `device`:
-    one copy (from pinned memory on CUDA, not blocking the host) rather than one blocking copy
-    per coefficient."""
-    block = host.to(dtype)
-    if device.type == "cpu":
-        return block
-    if device.type == "cuda":
-        block = block.pin_memory()
-    return block.to(device, non_blocking=True)
-
-
 def model_out(
     model: Model, z: torch.Tensor, t: torch.Tensor, param: str, labels: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -29,9 +29,10 @@ from ._checks import (
     same_shape,
     steps_count,
     tensor,
+    to_device,
     weighting_name,
 )
-from ._engine import Model, apply, on_cpu, prepare, step_outs, to_device
+from ._engine import Model, apply, on_cpu, prepare, step_outs
 from .parameterizations import x_eps_from_out
 from .sampling import ddim_coefs, guide_for, schedule_arg
 

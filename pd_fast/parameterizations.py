@@ -9,7 +9,17 @@ from typing import Any
 
 import torch
 
-from ._checks import check_coefs, coef, like, out_matches, param_name, per_example, tensor
+from ._checks import (
+    check_coefs,
+    coef,
+    coefs_for,
+    like,
+    out_matches,
+    param_name,
+    per_example,
+    tensor,
+    to_device,
+)
 
 #: the label that asks a conditional model for its unconditional prediction (docs/spec.md section 8)
 NULL_LABEL = -1
@@ -104,11 +114,11 @@ def guided_x_eps(
         tensor(name, out)
         like(name, out, "z", z)
         out_matches(out, z, param, name)
-    alpha = coef("alpha", alpha, z.shape[0], z.device)
-    sigma = coef("sigma", sigma, z.shape[0], z.device)
-    w = coef("w", w, z.shape[0], z.device)
-    check_coefs(positive={"alpha": alpha, "sigma": sigma}, nonnegative={"w": w})
-    alpha, sigma, w = (per_example(c.to(torch.float32), z.ndim) for c in (alpha, sigma, w))
+    # checked on the CPU where they can be (`coefs_for`), then one copy to the device
+    c = coefs_for({"alpha": alpha, "sigma": sigma, "w": w}, z.shape[0], z.device)
+    check_coefs(positive={"alpha": c["alpha"], "sigma": c["sigma"]}, nonnegative={"w": c["w"]})
+    block = to_device(torch.stack([c["alpha"], c["sigma"], c["w"]]), z.device, torch.float32)
+    alpha, sigma, w = (per_example(v, z.ndim) for v in block.unbind(0))
     x_hat, eps_hat = guided_from_outs(
         z.float(), out_cond.float(), out_uncond.float(), alpha, sigma, param, w, clip
     )

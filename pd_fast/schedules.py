@@ -188,7 +188,7 @@ def diffuse(x: torch.Tensor, t: Any, schedule: Any, noise: torch.Tensor) -> torc
     like("noise", noise, "x", x)
     same_shape("noise", noise, "x", x)
     t = batch_times(t, x.shape[0])
-    alpha_t, sigma_t = schedule.alpha_sigma(t.reshape(-1))
+    alpha_t, sigma_t = schedule.alpha_sigma(t if t.ndim == 1 else t.reshape(1))
     alpha_t, sigma_t = (torch.as_tensor(c, dtype=torch.float64).to(x.device) for c in (alpha_t, sigma_t))
     return (per_example(alpha_t, x.ndim) * x.double() + per_example(sigma_t, x.ndim) * noise.double()).to(
         x.dtype

@@ -78,7 +78,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._checks import param_name, weighting_name
+from .._checks import param_name, remember_host_copy, to_device, weighting_name
+from .._engine import on_cpu
 from ..distillation import fused_distill_loss, teacher_two_step
 from ..parameterizations import NULL_LABEL, guided_x_eps
 from ..schedules import CosineSchedule, DiscreteSchedule, diffuse
@@ -836,7 +837,7 @@ class _Guard:
 def _batch(x_local: Tensor, gen: torch.Generator, batch_size: int) -> tuple[Tensor, Tensor]:
     """A batch of examples drawn uniformly with replacement, and their indices (CPU)."""
     idx = torch.randint(0, x_local.shape[0], (batch_size,), generator=gen)
-    return x_local[idx.to(x_local.device)], idx
+    return x_local[to_device(idx, x_local.device, torch.int64)], idx
 
 
 def _loss(
@@ -851,15 +852,38 @@ def _loss(
     """The batch loss of docs/spec.md section 5 ([PD] Algorithm 2, lines 4-10): x (B, ...) on the
     device, t (B,) float64 on the CPU; z_t = diffuse(x, t, schedule, eps), x_tilde from `target`;
     the network is called `net(z_t, t, *cond)`."""
-    t_dev = t.to(x.device)
+    # t and its coefficients go to the device in one copy that does not block the host; their CPU
+    # copies serve the checks of diffuse and of the loss, so that no call here syncs with the device
+    alpha_t, sigma_t = on_cpu(cfg.schedule.alpha_sigma(t))
+    host = torch.stack((t, alpha_t, sigma_t))
+    t_dev, alpha_t, sigma_t = to_device(host, x.device, torch.float64).unbind(0)
+    for value, row in zip((t_dev, alpha_t, sigma_t), host, strict=True):
+        remember_host_copy(value, row)
     eps = torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
     z_t = diffuse(x, t_dev, cfg.schedule, eps)
-    alpha_t, sigma_t = cfg.schedule.alpha_sigma(t_dev)
     z_tpp, alpha_tpp, sigma_tpp = target(x, z_t, t, alpha_t, sigma_t, cond)
     out = net(z_t, t_dev.to(x.dtype), *cond)
     return fused_distill_loss(
         out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, cfg.param, weighting=cfg.weighting
     ).mean()
+
+
+def _data_target(
+    x: Tensor, z_t: Tensor, t: Tensor, alpha_t: Tensor, sigma_t: Tensor, cond: tuple
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The teacher's target: the data x itself, as (z_tpp, alpha_tpp, sigma_tpp) = (x, 1, 0)."""
+    return (x, *_x_endpoint(x.shape[0], x.device))
+
+
+def _x_endpoint(batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(alpha'', sigma'') = (1, 0) per example on `device`, the coefficients of a target that is an
+    x itself (x_tilde = z'' there), sent in one copy with their host copies, so that the loss checks
+    them without a device sync."""
+    host = torch.stack((torch.ones(batch, dtype=torch.float64), torch.zeros(batch, dtype=torch.float64)))
+    ones, zeros = to_device(host, device, torch.float64).unbind(0)
+    remember_host_copy(ones, host[0])
+    remember_host_copy(zeros, host[1])
+    return ones, zeros
 
 
 def _update(
@@ -988,7 +1012,7 @@ def train_teacher(
         round=0, steps=None, iters=cfg.iters, desc="teacher", net=net, params=params, opt=opt,
         modules={"model": model, "ema": ema},
         draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
-        target=lambda x, z_t, t, a_t, s_t, _: (x, torch.ones_like(a_t), torch.zeros_like(s_t)),
+        target=_data_target,
         lr_at=cfg.lr_at, after_update=functools.partial(_ema_update, ema, model, cfg.ema_decay),
         draw_cond=None if labels is None else functools.partial(
             _dropped_labels, stage.c_local, cfg.p_uncond, device
@@ -1021,7 +1045,7 @@ def _dropped_labels(
     """The labels of the examples `idx`, each replaced by `NULL_LABEL` with probability `p_uncond`
     (one uniform draw per example from the data generator), on `device`."""
     drop = torch.rand(idx.shape[0], generator=gen, dtype=torch.float64) < p_uncond
-    return (c_local[idx].masked_fill(drop, NULL_LABEL).to(device),)
+    return (to_device(c_local[idx].masked_fill(drop, NULL_LABEL), device, torch.int64),)
 
 
 def _labels_and_w(
@@ -1029,8 +1053,10 @@ def _labels_and_w(
 ) -> tuple[Tensor, Tensor]:
     """The labels of the examples `idx` and w ~ U[w_min, w_max] per example (from the data
     generator), on `device`; w in float32, as the networks embed it."""
-    w = w_min + (w_max - w_min) * torch.rand(idx.shape[0], generator=gen, dtype=torch.float64)
-    return c_local[idx].to(device), w.to(device=device, dtype=torch.float32)
+    w = (w_min + (w_max - w_min) * torch.rand(idx.shape[0], generator=gen, dtype=torch.float64)).float()
+    w_dev = to_device(w, device, torch.float32)
+    remember_host_copy(w_dev, w.double())  # the guided target checks w >= 0 on this copy: no sync
+    return to_device(c_local[idx], device, torch.int64), w_dev
 
 
 def _with_cond(model: nn.Module, cond: tuple[Tensor, ...], z: Tensor, t: Tensor) -> Tensor:
@@ -1305,10 +1331,10 @@ def _guided_target(
     unconditional outputs come from one call on the doubled batch."""
     c, w = cond
     with torch.no_grad():
-        t_in = t.to(device=z_t.device, dtype=z_t.dtype)
+        t_in = to_device(t, z_t.device, z_t.dtype)
         both = teacher(
             torch.cat([z_t, z_t]), torch.cat([t_in, t_in]), torch.cat([c, torch.full_like(c, NULL_LABEL)])
         )
         out_c, out_u = both.chunk(2)
         x_hat, _ = guided_x_eps(z_t, out_c, out_u, alpha_t, sigma_t, param, w=w)
-    return x_hat, torch.ones_like(alpha_t), torch.zeros_like(sigma_t)
+    return (x_hat, *_x_endpoint(x_hat.shape[0], x_hat.device))
