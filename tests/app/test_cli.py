@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from pd_fast.app import cli
 from pd_fast.app.cli import main
 from pd_fast.app.data import load_data
 from pd_fast.app.evaluation import make_evaluator
@@ -174,3 +175,40 @@ def test_module_entry_point_prints_help():
         cwd=Path(__file__).resolve().parents[2],
     )
     assert res.returncode == 0 and "--start-steps" in res.stdout and "--resume" in res.stdout
+
+
+def test_the_report_targets_are_the_headline_claims() -> None:
+    """8 steps within 1.05x of the teacher's 256 (interval's upper end within 1.10), 4 steps within
+    1.15x, both with 0.05 more in pixel space, 1 step below the teacher's 4, and the 1-step recall
+    at least 0.9 of the teacher's."""
+
+    def row(steps: int, student: float | None, teacher: float, pixel: float | None = None) -> dict:
+        r = dict(steps=steps, teacher_ddim=teacher, teacher_ddim_pixel=teacher)
+        if student is not None:
+            r.update(student=student, student_pixel=pixel if pixel is not None else student)
+        return r
+
+    def comparison(name: str, space: str, hi: float) -> dict:
+        return dict(name=name, space=space, interval=[1.0, hi])
+
+    rows = [row(1, 9.0, 500.0), row(4, 11.6, 20.0, 12.1), row(8, 10.4, 12.0, 10.95), row(256, None, 10.0)]
+    comparisons = dict(
+        rows=[
+            comparison("student_8_vs_teacher_ddim_256", "classifier", 1.101),
+            comparison("student_8_vs_teacher_ddim_256", "pixel", 1.149),
+            comparison("student_4_vs_teacher_ddim_256", "classifier", 1.149),
+        ]
+    )
+    pr = dict(
+        rows=[dict(steps=1, student=dict(recall=0.449)), dict(steps=256, teacher_ddim=dict(recall=0.5))]
+    )
+    got = {t["name"]: t for t in cli._targets(rows, comparisons, "classifier", pr)}
+    assert got["student_8_vs_teacher_256"]["met"] and not got["student_8_vs_teacher_256"]["met_by_interval"]
+    assert not got["student_4_vs_teacher_256"]["met"] and got["student_4_vs_teacher_256"]["met_by_interval"]
+    assert (
+        got["student_8_vs_teacher_256_pixel"]["met"]
+        and got["student_8_vs_teacher_256_pixel"]["met_by_interval"]
+    )
+    assert not got["student_4_vs_teacher_256_pixel"]["met"]  # 1.21 > 1.15 + 0.05
+    assert got["student_1_vs_teacher_4"]["met"]
+    assert not got["student_1_recall_vs_teacher_256"]["met"]  # 0.898 < 0.9
