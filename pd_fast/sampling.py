@@ -373,7 +373,9 @@ class Sampler:
     returns, the noise of stochastic samplers drawn from `generator` (else torch's default
     generator of the device) as `sample` draws it from its seeded generator: `sample(..., seed=s)`
     equals `sampler(z, torch.Generator(device).manual_seed(s))`. `sampler.sample(batch, generator)`
-    first draws `z = randn((batch, *shape))` from the same generator. Runs under
+    first draws `z = randn((batch, *shape))` from the same generator. A conditional model takes
+    `labels=` and `w=` on each call, as `sample` does (a captured graph per kind of call: without
+    labels, with labels, guided; each call copies its labels and w into the graph's). Runs under
     `torch.no_grad()`; with `cuda_graph=True` the model must be capturable (no host syncs), and
     seeded or stochastic sampling needs torch >= 2.4.
     """
@@ -414,25 +416,43 @@ class Sampler:
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {self.device}")
-        self.model, self.schedule, self.clip, self.dtype = model, schedule, bool(clip), dtype
+        self.model, self.schedule, self.clip, self.dtype = model, schedule_arg(schedule), bool(clip), dtype
         self.cuda_graph = bool(cuda_graph)
-        self.rule = step_rule(sampler, _eta(eta), _variance(variance))
+        self.rule = step_rule(sampler, _eta(eta), _variance(variance), self.steps, self.schedule)
         self._plans: dict[tuple[int, str], Any] = {}  # (batch, backend) -> Plan or CapturedLoop
 
-    def _prepared(self, z: torch.Tensor, backend: str) -> Any:
-        key = (z.shape[0], backend)
+    def _prepared(self, z: torch.Tensor, backend: str, guide: Guide | None) -> Any:
+        # a captured graph makes one model call a step, or two when guided: one graph for each kind
+        kind = None if guide is None else ("guided" if guide.w is not None else "labels")
+        key = (z.shape[0], backend, kind)
         prepared = self._plans.get(key)
         if prepared is None:
             prepared = plan(z, self.steps, self.schedule, self.rule, backend)
             if self.cuda_graph:
                 generator = torch.Generator(device=z.device) if prepared.noisy else None
-                prepared = CapturedLoop(self.model, z, prepared, self.param, self.clip, generator, backend)
+                if guide is not None:  # the graph reads these tensors: each call copies its own in
+                    guide = Guide(*(None if g is None else g.clone() for g in guide))
+                prepared = CapturedLoop(
+                    self.model, z, prepared, self.param, self.clip, generator, backend, guide
+                )
             self._plans[key] = prepared
+        elif self.cuda_graph and guide is not None:
+            for static, value in zip(prepared.guide, guide, strict=True):
+                if static is not None:
+                    static.copy_(value)
         return prepared
 
     @torch.no_grad()
-    def __call__(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_hat from `z = z_1`, (B, *shape) on the sampler's device, in its dtype."""
+    def __call__(
+        self,
+        z: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        labels: Any = None,
+        w: Any = 0.0,
+    ) -> torch.Tensor:
+        """x_hat from `z = z_1`, (B, *shape) on the sampler's device, in its dtype; a conditional
+        model gets `labels` and the guidance weight `w` as in `sample`."""
         z = tensor("z", z)
         if tuple(z.shape[1:]) != self.shape:
             raise ValueError(f"z must have shape (B, *{self.shape}), got {tuple(z.shape)}")
@@ -442,10 +462,11 @@ class Sampler:
             raise ValueError(f"z has dtype {z.dtype} but the sampler runs in {self.dtype}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        guide = guide_for(labels, w, z)
         backend = backend_for(z)
-        prepared = self._prepared(z, backend)
+        prepared = self._prepared(z, backend, guide)
         if not self.cuda_graph:
-            return loop(self.model, z, prepared, self.param, self.clip, generator, backend)
+            return loop(self.model, z, prepared, self.param, self.clip, generator, backend, guide=guide)
         if not prepared.plan.noisy:
             return prepared(z)
         # the graph draws from its own registered generator: hand it the caller's state, and back
@@ -459,10 +480,13 @@ class Sampler:
         return x_hat
 
     @torch.no_grad()
-    def sample(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """`self(z, generator)` with `z = randn((batch, *shape))` drawn first from `generator`."""
+    def sample(
+        self, batch: int, generator: torch.Generator | None = None, *, labels: Any = None, w: Any = 0.0
+    ) -> torch.Tensor:
+        """`self(z, generator, labels=labels, w=w)` with `z = randn((batch, *shape))` drawn first
+        from `generator`."""
         if isinstance(batch, bool) or not hasattr(batch, "__index__") or operator.index(batch) < 1:
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         batch = operator.index(batch)
         z = torch.randn((batch, *self.shape), generator=generator, device=self.device, dtype=self.dtype)
-        return self(z, generator)
+        return self(z, generator, labels=labels, w=w)

@@ -211,3 +211,26 @@ def test_graphed_sampler_without_generator_draws_from_the_default_one(cuda_backe
     torch.cuda.manual_seed(7)
     eager = pd_fast.sample(gaussian_model("eps"), z, 6, pd_fast.CosineSchedule(), "eps", sampler="ancestral")
     torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
+
+
+def test_graphed_conditional_sampler_copies_each_calls_labels_and_w_in(cuda_backend, monkeypatch):
+    """One graph per kind of call (guided, labels only); each replay equals the eager guided
+    `sample` bitwise, with the labels and w of its own call."""
+    from tests.fast_support import gaussian_cond_model
+
+    made = _count_graphs(monkeypatch)
+    shape, steps, param = (2, 8), 6, "v"
+    model = gaussian_cond_model(param)
+    schedule = pd_fast.CosineSchedule()
+    run = pd_fast.Sampler(model, shape, steps, schedule, param, device="cuda", cuda_graph=True)
+    z = torch.randn(3, *shape, device="cuda")
+    calls = [
+        (torch.tensor([2, 0, 7], device="cuda"), torch.tensor([0.0, 1.5, 4.0], device="cuda")),
+        (torch.tensor([5, 5, 1], device="cuda"), torch.tensor([3.0, 0.0, 0.5], device="cuda")),
+        (torch.tensor([9, 3, 0], device="cuda"), 0.0),
+        (torch.tensor([1, 1, 4], device="cuda"), 0.0),
+    ]
+    for labels, w in calls:
+        eager = pd_fast.sample(model, z, steps, schedule, param, labels=labels, w=w)
+        torch.testing.assert_close(run(z, labels=labels, w=w), eager, rtol=0, atol=0)
+    assert len(made) == 2

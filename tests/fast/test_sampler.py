@@ -211,3 +211,30 @@ def test_seeded_graph_on_a_torch_without_generator_registration_is_refused(monke
         _engine.CapturedLoop(
             gaussian_model("v"), z, _ancestral_plan(z), "v", False, torch.Generator(), "torch"
         )
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "stochastic", "dpmpp_2m"])
+def test_conditional_sampler_equals_sample_call_for_call(backend, sampler):
+    """With labels and w (mixed, all zero, none), each call equals `sample` with the same
+    arguments, also when the labels and w change from call to call on one planned batch size."""
+    from tests.fast_support import gaussian_cond_model
+
+    param, steps, batch = "v", 4, 3
+    model = gaussian_cond_model(param)
+    run = pd_fast.Sampler(model, SHAPE, steps, pd_fast.CosineSchedule(), param, clip=True, sampler=sampler)
+    calls = [
+        (torch.tensor([2, 0, 7]), torch.tensor([0.0, 1.5, 4.0])),
+        (torch.tensor([5, 5, 1]), torch.tensor([3.0, 0.0, 0.5])),
+        (torch.tensor([9, 3, 0]), 0.0),
+        (4, 2.0),
+    ]
+    for seed, (labels, w) in enumerate(calls):
+        z = torch.randn((batch, *SHAPE), generator=torch.Generator().manual_seed(seed))
+        eager = pd_fast.sample(
+            model, z, steps, pd_fast.CosineSchedule(), param, clip=True, sampler=sampler, seed=seed,
+            labels=labels, w=w,
+        )  # fmt: skip
+        got = run(z, torch.Generator().manual_seed(seed), labels=labels, w=w)
+        torch.testing.assert_close(got, eager, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="w > 0 needs labels"):
+        run(z, w=1.0)
