@@ -1190,6 +1190,19 @@ def _out_of_memory(err: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code. Under torchrun the process ends here, through
+    `os._exit` once its output is flushed and its process group destroyed: torch's gloo can abort
+    in the interpreter's own teardown (`terminate called without an active exception`) after a
+    job that did everything right."""
+    code = _main(argv)
+    if all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = args.out
