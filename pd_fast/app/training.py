@@ -429,13 +429,14 @@ def _dist_context() -> _Dist:
 
 
 def part_ranks() -> None:
-    """End the process group on every rank together: free what still holds it, a barrier, then
+    """End the process group on every rank together: collect garbage that may still hold it (a DDP
+    wrapper in a reference cycle), meet at a barrier (no collective in flight), then
     `destroy_process_group`. A no-op outside torchrun.
 
-    DDP wrappers left to the garbage collector keep the group alive past `destroy_process_group`;
-    torn down at interpreter exit instead, gloo aborts the process (`terminate called without an
-    active exception`, about one exit in three on a loaded machine). Collecting them first, and
-    meeting at a barrier (so that no collective is in flight), makes every rank exit cleanly.
+    A group still alive when the interpreter exits is torn down in the interpreter's teardown,
+    where gloo can abort the process (`terminate called without an active exception`; a 25-line
+    DDP script that skips this does so in about one exit in three on a loaded machine). Even after
+    it, torch 2.13 rarely aborts at exit, so the CLI leaves a torchrun rank through `os._exit`.
     """
     if dist.is_available() and dist.is_initialized():
         gc.collect()
