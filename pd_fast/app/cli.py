@@ -215,7 +215,7 @@ def _latest_run() -> str | None:
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The run's settings (defaults, then --quick, then flags; with --resume, the saved ones) and
     its output folder."""
-    from .guided import GUIDED_DEFAULTS, GUIDED_KEYS, GUIDED_QUICK
+    from .guided import GUIDED_DEFAULTS, GUIDED_KEYS, GUIDED_QUICK, GUIDED_STAGE2
 
     given = {
         k: v
@@ -245,8 +245,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         settings.update(QUICK)
     if args.guided:
         settings.update(GUIDED_DEFAULTS)
-        if args.quick:
-            settings.update(GUIDED_QUICK)
+        settings.update(GUIDED_QUICK if args.quick else GUIDED_STAGE2)
     else:
         extra = [k for k in given if k in GUIDED_KEYS]
         if extra:
