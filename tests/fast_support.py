@@ -13,6 +13,7 @@ import torch
 import pd_ref
 from pd_ref.sampling import noise_back
 
+from .strategies import out_shape
 from .tolerances import FP32_RTOL, LOSS_RTOL, OUT_ATOL, OUT_RTOL
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -403,3 +404,40 @@ def gaussian_cond_model_ref(param: str, dtype: str):
         return to_np(gaussian_out_torch(z_d, t_d, param, class_means(torch.from_numpy(np.asarray(c)))))
 
     return model
+
+
+def tensors(case, *shapes_and_names):
+    """Standard normal tensors in the case's dtype and layout, and their float64 values for pd_ref."""
+    made = [as_torch(case.rng.standard_normal(shape), case.dtype, case.layout) for shape in shapes_and_names]
+    return made, [to_np(t) for t in made]
+
+
+def coefficients(case, values: dict[str, np.ndarray]):
+    """Each per-example coefficient as the case's argument form, and the values pd_ref must use.
+    fp32 coefficients are used only where their rounding keeps s < t (near t = 1 with N = 8192,
+    sigma_t and sigma_s both round to 1.0f: bad input for both packages, tested elsewhere)."""
+    form = case.form
+    if form == "batch-fp32":
+        sigmas = [np.float32(v) for k, v in values.items() if k.startswith("sigma")]
+        if len(sigmas) == 2 and np.any(sigmas[1] >= sigmas[0]):
+            form = "batch"
+    args, refs = {}, {}
+    for name, v in values.items():
+        args[name], refs[name] = coef_arg(np.asarray(v, dtype=np.float64), form)
+    return args, refs
+
+
+def shaped(refs: dict[str, np.ndarray], ndim: int) -> dict[str, np.ndarray]:
+    return {k: per_example(v, ndim) for k, v in refs.items()}
+
+
+def step_inputs(case):
+    alpha_t, sigma_t = ref_schedule(case.schedule).alpha_sigma(case.t)
+    alpha_s, sigma_s = ref_schedule(case.schedule).alpha_sigma(case.s)
+    args, refs = coefficients(
+        case, {"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_s": alpha_s, "sigma_s": sigma_s}
+    )
+    (z, out, noise), (z_r, out_r, noise_r) = tensors(
+        case, case.shape, out_shape(case.shape, case.param), case.shape
+    )
+    return (z, out, noise), (z_r, out_r, noise_r), args, refs

@@ -3,7 +3,10 @@ t in {0, 1/N, 1}, N up to 8192, batch 1, odd sizes, 'both' with 2C channels."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 PARAMS = ("eps", "x", "v", "both")
@@ -97,3 +100,30 @@ def step_pairs(draw, batch: int) -> tuple[np.ndarray, np.ndarray, int]:
 guidance_weights = st.one_of(st.sampled_from([0.0, 1.0, 2.0, 4.0]), st.floats(0.0, 8.0))
 #: how w is passed: a float shared by the batch, a 0-d tensor, or per example (B,)
 guidance_forms = st.sampled_from(["float", "0-d", "batch"])
+
+
+#: the `backend` fixture only sets PD_FAST_BACKEND, the same for every generated input
+FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+etas = st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))
+
+
+@st.composite
+def cases(draw, max_side: int = 7):
+    """One step's worth of inputs: param, shape (a channel axis for 'both'), times t > s on a grid
+    of N up to 8192, dtype, memory layout, how coefficients are passed, schedule, clip."""
+    param = draw(params)
+    shape = draw(shapes(min_ndim=2 if param == "both" else 1, max_side=max_side))
+    t, s, n = draw(step_pairs(shape[0]))
+    return SimpleNamespace(
+        param=param,
+        shape=shape,
+        t=t,
+        s=s,
+        n=n,
+        dtype=draw(float_dtypes),
+        layout=draw(layouts),
+        form=draw(coef_forms),
+        schedule=draw(schedule_names),
+        clip=draw(st.booleans()),
+        rng=np.random.default_rng(draw(seeds)),
+    )

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import inspect
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pd_fast
@@ -24,7 +23,7 @@ from tests.fast_support import (
     as_torch,
     assert_close,
     check_loss_and_grad,
-    coef_arg,
+    coefficients,
     ddim_scale,
     fast_schedule,
     gaussian_model,
@@ -33,91 +32,30 @@ from tests.fast_support import (
     predict_scale,
     ref_sample,
     ref_schedule,
+    shaped,
+    step_inputs,
     target_scale,
     teacher_target_scale,
+    tensors,
     to_np,
 )
 from tests.strategies import (
-    coef_forms,
+    FAST,
+    cases,
+    etas,
     float_dtypes,
     grid_times,
-    layouts,
     out_shape,
     params,
     schedule_names,
     seeds,
     shapes,
-    step_pairs,
     weightings,
 )
 from tests.tolerances import FP32_RTOL, OUT_RTOL, SAMPLER_GAIN
 
 #: fp16 results beyond 65504 are inf (checked in assert_close); numpy warns when the interpreter casts
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-#: the `backend` fixture only sets PD_FAST_BACKEND, the same for every generated input
-FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-etas = st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))
-
-
-@st.composite
-def cases(draw, max_side: int = 7):
-    """One step's worth of inputs: param, shape (a channel axis for 'both'), times t > s on a grid
-    of N up to 8192, dtype, memory layout, how coefficients are passed, schedule, clip."""
-    param = draw(params)
-    shape = draw(shapes(min_ndim=2 if param == "both" else 1, max_side=max_side))
-    t, s, n = draw(step_pairs(shape[0]))
-    return SimpleNamespace(
-        param=param,
-        shape=shape,
-        t=t,
-        s=s,
-        n=n,
-        dtype=draw(float_dtypes),
-        layout=draw(layouts),
-        form=draw(coef_forms),
-        schedule=draw(schedule_names),
-        clip=draw(st.booleans()),
-        rng=np.random.default_rng(draw(seeds)),
-    )
-
-
-def tensors(case, *shapes_and_names):
-    """Standard normal tensors in the case's dtype and layout, and their float64 values for pd_ref."""
-    made = [as_torch(case.rng.standard_normal(shape), case.dtype, case.layout) for shape in shapes_and_names]
-    return made, [to_np(t) for t in made]
-
-
-def coefficients(case, values: dict[str, np.ndarray]):
-    """Each per-example coefficient as the case's argument form, and the values pd_ref must use.
-    fp32 coefficients are used only where their rounding keeps s < t (near t = 1 with N = 8192,
-    sigma_t and sigma_s both round to 1.0f: bad input for both packages, tested elsewhere)."""
-    form = case.form
-    if form == "batch-fp32":
-        sigmas = [np.float32(v) for k, v in values.items() if k.startswith("sigma")]
-        if len(sigmas) == 2 and np.any(sigmas[1] >= sigmas[0]):
-            form = "batch"
-    args, refs = {}, {}
-    for name, v in values.items():
-        args[name], refs[name] = coef_arg(np.asarray(v, dtype=np.float64), form)
-    return args, refs
-
-
-def shaped(refs: dict[str, np.ndarray], ndim: int) -> dict[str, np.ndarray]:
-    return {k: per_example(v, ndim) for k, v in refs.items()}
-
-
-def step_inputs(case):
-    alpha_t, sigma_t = ref_schedule(case.schedule).alpha_sigma(case.t)
-    alpha_s, sigma_s = ref_schedule(case.schedule).alpha_sigma(case.s)
-    args, refs = coefficients(
-        case, {"alpha_t": alpha_t, "sigma_t": sigma_t, "alpha_s": alpha_s, "sigma_s": sigma_s}
-    )
-    (z, out, noise), (z_r, out_r, noise_r) = tensors(
-        case, case.shape, out_shape(case.shape, case.param), case.shape
-    )
-    return (z, out, noise), (z_r, out_r, noise_r), args, refs
-
-
 # ------------------------------------------------------------------ forward process
 
 

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 import pd_fast
 import pd_ref
-from tests.fast.test_equivalence import FAST, cases, etas, shaped, step_inputs, tensors
 from tests.fast_support import (
     DTYPES,
     analytic_grad,
@@ -30,10 +29,16 @@ from tests.fast_support import (
     predict_scale,
     ref_sample,
     ref_schedule,
+    shaped,
+    step_inputs,
     teacher_target_scale,
+    tensors,
     to_np,
 )
 from tests.strategies import (
+    FAST,
+    cases,
+    etas,
     float_dtypes,
     grid_times,
     guidance_forms,
