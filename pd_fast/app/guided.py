@@ -50,6 +50,7 @@ GUIDED_QUICK: dict[str, Any] = dict(guidance_iters=200)
 GUIDED_STAGE2: dict[str, Any] = dict(iters=500, last_rounds_factor=2.0)
 GUIDED_KEYS = tuple(GUIDED_DEFAULTS) + ("guided",)
 EVAL_STEPS = (1, 2, 4, 8)
+PR_K = 3  # the k of the k-NN precision and recall, as in the main job's report
 TEACHER_STEPS = 256
 
 
@@ -189,6 +190,7 @@ def run_guided(
         "data": data.name,
         "classes": classes,
         "eval_samples": n,
+        "precision_recall_data": _data_precision_recall(evaluator),
         "settings": settings,
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -231,12 +233,14 @@ def evaluate_guided(
     N (DDIM and the stochastic sampler) at every w, all from the noise `z` (n, ...) and labels `y`
     (n,). Returns the rows and the samples `{"<model>_<sampler>_N<N>_w<w>": (x, y)}` (CPU)."""
     from ..sampling import sample
-    from .evaluation import timed_sample
+    from .evaluation import knn_precision_recall, knn_radii, timed_sample
 
     metric = evaluator.metric
     rows: list[dict] = []
     samples: dict[str, tuple[Tensor, Tensor]] = {}
     y_dev = y.to(z.device)
+    real = evaluator.reference_features[metric]
+    radii = knn_radii(real, PR_K) if 1 <= PR_K < real.shape[0] else None
 
     def score(name: str, sampler: str, steps: int, w_name: str, model: Any, **kw: Any) -> None:
         s, sec = timed_sample(
@@ -245,11 +249,15 @@ def evaluate_guided(
         d = evaluator.distances(s)
         with torch.no_grad():
             pred = classifier(s.detach().cpu().float()).argmax(1)
+        precision = recall = None  # k-NN precision and recall in the main space (Kynkaanniemi et al.)
+        if radii is not None and PR_K < s.shape[0]:
+            fake = evaluator.features(s)[metric]
+            precision, recall = knn_precision_recall(real, fake, PR_K, real_radii=radii)
         rows.append(
             dict(
                 model=name, sampler=sampler, steps=steps, w=w_name, frechet=d[metric],
                 **{f"frechet_{k}": v for k, v in d.items()}, accuracy=int((pred == y).sum()) / len(y),
-                sample_seconds=sec,
+                precision=precision, recall=recall, sample_seconds=sec,
             )
         )  # fmt: skip
         samples[f"{name}_{sampler}_N{steps}_w{w_name}"] = (s.detach().cpu().float(), y)
@@ -363,17 +371,34 @@ def guided_targets(rows: list[dict], replicates: dict[str, np.ndarray] | None = 
     return out
 
 
+def _data_precision_recall(evaluator: Any) -> dict | None:
+    """k-NN precision and recall of the held-out half against the reference half (data vs data)."""
+    from .evaluation import knn_precision_recall
+
+    space = evaluator.metric
+    real, held = evaluator.reference_features[space], evaluator.held_out_features[space]
+    if not PR_K < min(real.shape[0], held.shape[0]):
+        return None
+    p, r = knn_precision_recall(real, held, PR_K)
+    return dict(k=PR_K, space=space, precision=p, recall=r)
+
+
 def format_guided_table(report: dict[str, Any]) -> str:
-    """One line per (model, sampler, N), one column pair (FD, accuracy) per w."""
+    """One line per (model, sampler, N), one column group (FD, accuracy, precision / recall) per w."""
     rows, ws = report["rows"], report["ws"]
     keys = sorted({(r["model"], r["sampler"], r["steps"]) for r in rows}, key=lambda k: (k[0], k[1], -k[2]))
-    head = f"{'model':<22}" + "".join(f" | w={w:<4} FD     acc" for w in ws)
-    lines = [f"{report['metric']} (floor {report['floor']:.4g}) and class accuracy", head, "-" * len(head)]
+    head = f"{'model':<22}" + "".join(f" | w={w:<4} FD     acc    P / R    " for w in ws)
+    data = report.get("precision_recall_data")
+    title = f"{report['metric']} (floor {report['floor']:.4g}), class accuracy, k-NN precision / recall"
+    if data:
+        title += f" (k = {data['k']}; data vs data {data['precision']:.2f} / {data['recall']:.2f})"
+    lines = [title, head, "-" * len(head)]
     for model, sampler, steps in keys:
         cells = []
         for w in ws:
             r = _find(rows, model, sampler, steps, w)
-            cells.append(f" | {r['frechet']:9.4g} {r['accuracy']:6.3f}" if r else " | " + " " * 16)
+            pr = "-" if r is None or r.get("recall") is None else f"{r['precision']:.2f}/{r['recall']:.2f}"
+            cells.append(f" | {r['frechet']:9.4g} {r['accuracy']:6.3f} {pr:>9} " if r else " | " + " " * 27)
         lines.append(f"{f'{model} {sampler} N={steps}':<22}" + "".join(cells))
     return "\n".join(lines)
 

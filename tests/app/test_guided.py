@@ -243,7 +243,7 @@ def test_tiny_guided_job_writes_report_grids_and_named_samples(tmp_path):
     report's Frechet distances and accuracies reproduced from those samples by the run's classifier."""
     from pd_fast.app.cli import main
     from pd_fast.app.data import digits
-    from pd_fast.app.evaluation import make_evaluator, train_classifier
+    from pd_fast.app.evaluation import knn_precision_recall, make_evaluator, train_classifier
 
     d = digits()
     path = tmp_path / "digits200.npz"
@@ -280,9 +280,49 @@ def test_tiny_guided_job_writes_report_grids_and_named_samples(tmp_path):
         assert acc == pytest.approx(r["accuracy"], abs=1e-9)
         lo, hi = r["interval"]
         assert 0 <= lo <= r["frechet"] <= hi
+        fake = ev.features(torch.from_numpy(xs))["classifier"]  # k-NN P/R of this very sample set
+        p, rec = knn_precision_recall(ev.reference_features["classifier"], fake, 3)
+        assert (r["precision"], r["recall"]) == pytest.approx((p, rec), abs=1e-12)
+    data = report["precision_recall_data"]
+    p, rec = knn_precision_recall(ev.reference_features["classifier"], ev.held_out_features["classifier"], 3)
+    assert data["k"] == 3 and (data["precision"], data["recall"]) == pytest.approx((p, rec), abs=1e-12)
     assert not np.array_equal(arrays["x_teacher_ddim_N4_w0"], arrays["x_teacher_ddim_N4_w0.5"])
     for w in ("0", "0.5"):
         assert (out / f"grid_w{w}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for stem in ("teacher", "guided", "student_4", "student_2", "student_1"):
         assert (out / "checkpoints" / f"{stem}.safetensors").is_file()
     assert {t["name"] for t in report["targets"]} >= {"student_4_frechet", "student_1_vs_teacher_4"}
+
+
+def test_guided_rows_carry_the_knn_precision_and_recall_of_their_samples(tmp_path):
+    """A teacher whose x-prediction is a real digit of the requested class samples real digits: its
+    rows' precision and recall are those of `knn_precision_recall` on exactly those digits (high
+    precision, and precision and recall differ, so a swap shows)."""
+    from pd_fast import CosineSchedule
+    from pd_fast.app.data import digits
+    from pd_fast.app.evaluation import knn_precision_recall, make_evaluator, train_classifier
+    from pd_fast.app.guided import evaluate_guided
+
+    d = digits()
+    x, labels = d.x[:400], d.labels[:400]
+    ev = make_evaluator(x, labels, seed=0, cache_dir=str(tmp_path))
+    classifier, _ = train_classifier(x, labels, seed=0, cache_dir=str(tmp_path))
+    pool = [x[labels == c] for c in range(10)]
+
+    def teacher(z, t, c):  # noqa: ANN001, ANN202
+        """x-prediction: digit number (row mod the class's count) of class c (class 0 for null)."""
+        picks = []
+        for k, i in enumerate(c.tolist()):
+            members = pool[max(i, 0)]
+            picks.append(members[k % len(members)])
+        return torch.stack(picks)
+
+    n = ev.n_samples
+    y = torch.arange(n) % 10
+    z = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    rows, samples = evaluate_guided(teacher, {}, ev, classifier, CosineSchedule(), "x", z, y, [("0", 0.0)])
+    for r in rows:
+        xs, _ = samples[f"{r['model']}_{r['sampler']}_N{r['steps']}_w{r['w']}"]
+        p, rec = knn_precision_recall(ev.reference_features["classifier"], ev.features(xs)["classifier"], 3)
+        assert (r["precision"], r["recall"]) == pytest.approx((p, rec), abs=1e-12)
+        assert r["precision"] > 0.8 and abs(r["precision"] - r["recall"]) > 0.01
