@@ -528,8 +528,6 @@ def validate(args: argparse.Namespace, device: torch.device) -> Job:
             raise ValueError(
                 f"--guided needs a labelled data set, and --data {settings['data']} has no labels"
             )
-        if dist.is_initialized():
-            raise ValueError("--guided does not run under torchrun; run it in one process")
         kwargs["num_classes"] = int(data.labels.max()) + 1
     model = build_model(
         settings["model"], data.shape, param=settings["param"], seed=settings["seed"], **kwargs
@@ -653,7 +651,7 @@ def run(
         plot_samples,
         write_samples,
     )
-    from .training import part_ranks, progressive_distill, train_teacher
+    from .training import part_ranks, progressive_distill, rank_fingerprints, train_teacher
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -732,7 +730,8 @@ def run(
         progress=progress,
     )
     timings["distill_train_seconds"] = time.perf_counter() - t0
-    fingerprints = _rank_fingerprints(teacher, students) if world > 1 else None
+    models = {"teacher": teacher, **{f"student_{n}": s for n, s in students.items()}}
+    fingerprints = rank_fingerprints(models) if world > 1 else None
     part_ranks()  # training is over: the ranks part together, and rank 0 alone goes on
     if rank != 0:
         return {}
@@ -818,24 +817,6 @@ def _report_head(
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
-
-
-def _rank_fingerprints(
-    teacher: torch.nn.Module, students: dict[int, torch.nn.Module]
-) -> list[dict[str, str]]:
-    """Every rank's `model_fingerprint` of the teacher and each student, rank by rank (a collective
-    call under torchrun; one entry otherwise)."""
-    from .checkpoint import model_fingerprint
-
-    mine = {
-        "teacher": model_fingerprint(teacher),
-        **{f"student_{n}": model_fingerprint(s) for n, s in students.items()},
-    }
-    if not dist.is_initialized():
-        return [mine]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    return everyone
 
 
 def _add_interval(target: dict, comparison: dict | None, limit: float) -> None:

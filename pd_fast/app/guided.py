@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 # The settings the guided job adds to the main job's (pd_fast.app.cli.DEFAULTS); saved in config.json.
@@ -110,9 +111,10 @@ def run_guided(
     from .data import load_data
     from .evaluation import make_evaluator, train_classifier
     from .models import build_model
-    from .training import distill_guidance, progressive_distill, train_teacher
+    from .training import distill_guidance, part_ranks, progressive_distill, rank_fingerprints, train_teacher
 
     t_start, timings = time.perf_counter(), {}
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if data is None:
         data = load_data(settings["data"], seed=settings["seed"])
     if data.labels is None:
@@ -133,11 +135,12 @@ def run_guided(
         schedule=schedule, param=param, seed=settings["seed"], out_dir=out,
         ckpt_every=settings["ckpt_every"], resume=resume, progress=progress,
     )  # fmt: skip
-    print(
-        f"data: {data.name}, {len(data)} examples of shape {data.shape}, {classes} classes; model: "
-        f"{settings['model']} ({sum(p.numel() for p in model.parameters()):,} parameters), param={param}; "
-        f"device {device}; out {out}"
-    )
+    if rank == 0:
+        print(
+            f"data: {data.name}, {len(data)} examples of shape {data.shape}, {classes} classes; model: "
+            f"{settings['model']} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+            f"param={param}; device {device}; out {out}"
+        )
     t0 = time.perf_counter()
     if teacher is not None:
         teacher_model = teacher[0].to(device).eval()
@@ -147,9 +150,11 @@ def run_guided(
             iters=settings["teacher_iters"], batch_size=settings["teacher_batch_size"],
             lr=settings["teacher_lr"], **common,
         )  # fmt: skip
-    save_json(
-        os.path.join(out, "model.json"), {"model": teacher_model.config, "param": param, "data": data.name}
-    )
+    if rank == 0:
+        save_json(
+            os.path.join(out, "model.json"),
+            {"model": teacher_model.config, "param": param, "data": data.name},
+        )
     timings["teacher_train_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     guided = distill_guidance(
@@ -166,6 +171,11 @@ def run_guided(
         lr=settings["lr"], **common,
     )  # fmt: skip
     timings["distill_train_seconds"] = time.perf_counter() - t0
+    models = {"teacher": teacher_model, "guided": guided, **{f"student_{n}": m for n, m in students.items()}}
+    fingerprints = rank_fingerprints(models) if world > 1 else None
+    part_ranks()  # training is over: the ranks part together, and rank 0 alone evaluates
+    if rank != 0:
+        return {}
 
     t0 = time.perf_counter()
     evaluator = make_evaluator(data.x, data.labels, seed=settings["seed"], cache_dir=out)
@@ -190,6 +200,7 @@ def run_guided(
         "data": data.name,
         "classes": classes,
         "eval_samples": n,
+        "world_size": world,
         "precision_recall_data": _data_precision_recall(evaluator),
         "settings": settings,
         "device": str(device),
@@ -198,6 +209,8 @@ def run_guided(
         **evaluator.info,
         **timings,
     }
+    if fingerprints is not None:
+        report["rank_fingerprints"] = fingerprints
     report["targets"] = guided_targets(rows, replicates)
     save_json(os.path.join(out, "report.json"), report)
     write_guided_samples(os.path.join(out, "samples.npz"), samples)

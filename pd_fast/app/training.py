@@ -444,6 +444,17 @@ def part_ranks() -> None:
         dist.destroy_process_group()
 
 
+def rank_fingerprints(models: dict[str, nn.Module]) -> list[dict[str, str]]:
+    """Every rank's `model_fingerprint` of each named model, rank by rank (a collective call under
+    torchrun, where the ranks must end identical; one entry otherwise)."""
+    mine = {name: ckpt.model_fingerprint(m) for name, m in models.items()}
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
 def _stream_seed(seed: int, rank: int, stream: str) -> int:
     """A 63-bit seed for one random stream, derived from (seed, rank, stream) by NumPy's SeedSequence."""
     tag = int.from_bytes(stream.encode(), "little")

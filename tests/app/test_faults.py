@@ -654,3 +654,29 @@ def test_torchrun_trains_one_ddp_job_that_rank_0_alone_writes(tmp_path: Path) ->
             assert _fingerprint({k: f.get_tensor(k) for k in f.keys()}) == fingerprint, name
     info, _ = ckpt.load_training_state(out / "checkpoints", "distill")
     assert info["config"]["world_size"] == 2 and info["round"] == 2
+
+
+def test_torchrun_runs_the_guided_job_on_ranks_that_end_identical(tmp_path: Path) -> None:
+    """`--guided` under torchrun: teacher, stage 1 and stage 2 on two DDP ranks; rank 0 alone
+    reports, and every model (the checkpoints as written) is the same on both ranks."""
+    out = tmp_path / "tg"
+    flags = "--guided --quick --teacher-iters 40 --guidance-iters 6 --iters 6 --start-steps 4 --hidden 32"
+    flags += " --depth 1 --ckpt-every 10 --eval-w 0,1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pd_fast"]
+    res = subprocess.run(
+        command + flags.split() + ["--no-progress", "--out", str(out)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("wrote ") == 1 and res.stdout.count("data: ") == 1  # rank 0 alone reports
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 2
+    rank0, rank1 = report["rank_fingerprints"]
+    assert rank0 == rank1 and set(rank0) == {"teacher", "guided", "student_2", "student_1"}
+    for name, fingerprint in rank0.items():
+        with safe_open(out / "checkpoints" / f"{name}.safetensors", "pt") as f:
+            assert _fingerprint({k: f.get_tensor(k) for k in f.keys()}) == fingerprint, name
