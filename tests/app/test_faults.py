@@ -611,6 +611,21 @@ def test_a_student_checkpoint_is_refused_as_teacher_unless_distilled_from_its_ow
 # ----- 12. torchrun ----------------------------------------------------------------------------
 
 
+def _torchrun(tmp_path: Path, flags: str, out: Path) -> subprocess.CompletedProcess:
+    """`python -m pd_fast FLAGS --no-progress --out OUT` on 2 ranks under torchrun; it must succeed."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pd_fast"]
+    res = subprocess.run(
+        command + flags.split() + ["--no-progress", "--out", str(out)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of the tensors in name order (the definition of
     `pd_fast.app.checkpoint.model_fingerprint`, written out independently)."""
@@ -626,24 +641,7 @@ def test_torchrun_trains_one_ddp_job_that_rank_0_alone_writes(tmp_path: Path) ->
     out = tmp_path / "tr"
     flags = "--teacher-iters 40 --iters 6 --start-steps 4 --eval-max-steps 4 --hidden 32 --depth 1"
     flags += " --ckpt-every 10"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "-m",
-        "pd_fast",
-        "--quick",
-    ]
-    res = subprocess.run(
-        command + flags.split() + ["--no-progress", "--out", str(out)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = _torchrun(tmp_path, "--quick " + flags, out)
     assert res.stdout.count("wrote ") == 1  # rank 0 alone reports
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2
@@ -662,16 +660,7 @@ def test_torchrun_runs_the_guided_job_on_ranks_that_end_identical(tmp_path: Path
     out = tmp_path / "tg"
     flags = "--guided --quick --teacher-iters 40 --guidance-iters 6 --iters 6 --start-steps 4 --hidden 32"
     flags += " --depth 1 --ckpt-every 10 --eval-w 0,1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pd_fast"]
-    res = subprocess.run(
-        command + flags.split() + ["--no-progress", "--out", str(out)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = _torchrun(tmp_path, flags, out)
     assert res.stdout.count("wrote ") == 1 and res.stdout.count("data: ") == 1  # rank 0 alone reports
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2
