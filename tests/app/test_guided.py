@@ -326,3 +326,42 @@ def test_guided_rows_carry_the_knn_precision_and_recall_of_their_samples(tmp_pat
         p, rec = knn_precision_recall(ev.reference_features["classifier"], ev.features(xs)["classifier"], 3)
         assert (r["precision"], r["recall"]) == pytest.approx((p, rec), abs=1e-12)
         assert r["precision"] > 0.8 and abs(r["precision"] - r["recall"]) > 0.01
+
+
+def test_guided_job_interrupted_in_stage_2_and_resumed_ends_bitwise_equal(tmp_path, monkeypatch):
+    """`python -m pd_fast --guided` stopped by Ctrl-C in stage 2, then `--resume --out` alone:
+    every model it writes is byte-identical to an uninterrupted run's."""
+    from pd_fast.app import training
+    from pd_fast.app.cli import main
+    from pd_fast.app.data import digits
+
+    d = digits()
+    path = tmp_path / "digits200.npz"
+    np.savez(path, x=d.x[:200].numpy(), y=d.labels[:200].numpy())
+    argv = (
+        f"--guided --data {path} --teacher-iters 20 --guidance-iters 4 --iters 6 --start-steps 8 "
+        f"--hidden 16 --depth 1 --batch-size 16 --teacher-batch-size 16 --ckpt-every 3 --no-progress "
+        f"--eval-w 0,1"
+    ).split()
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(argv + ["--out", str(whole)]) == 0
+    real, calls = training._update, []
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 20 + 4 + 6 + 5:  # teacher, stage 1, round 1 of stage 2, then 5 into round 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_update", interrupted)
+    assert main(argv + ["--out", str(cut)]) == 130
+    assert not (cut / "checkpoints" / "student_2.safetensors").exists()  # it stopped inside round 2
+    monkeypatch.setattr(training, "_update", real)
+    assert main(["--resume", "--out", str(cut), "--no-progress"]) == 0
+    for name in ("teacher", "guided", "student_4", "student_2", "student_1"):
+        want = (whole / "checkpoints" / f"{name}.safetensors").read_bytes()
+        assert (cut / "checkpoints" / f"{name}.safetensors").read_bytes() == want, name
+    rows = [json.loads((run / "report.json").read_text())["rows"] for run in (whole, cut)]
+    assert [[{k: v for k, v in r.items() if k != "sample_seconds"} for r in rs] for rs in rows] == [
+        [{k: v for k, v in r.items() if k != "sample_seconds"} for r in rows[0]]
+    ] * 2
