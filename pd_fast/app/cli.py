@@ -1066,21 +1066,17 @@ def _targets(
     where `comparisons` (of `sample_statistics`) holds it; and the 1-step student's k-NN recall at
     least 0.9 x the teacher's at 256 steps, where `precision_recall` holds both."""
     by = {r["steps"]: r for r in rows}
-    compared = (comparisons or {}).get("rows", [])
+    compared = {(c["space"], c["name"]): c for c in (comparisons or {}).get("rows", [])}
     out = []
     spaces = [("", space, 0.0)] + ([("_pixel", "pixel", 0.05)] if space not in (None, "pixel") else [])
     for suffix, name, slack in spaces:
         ref = by.get(256, {}).get("teacher_ddim" + suffix)
-        main = {c["name"]: c for c in compared if c["space"] == name}
         for n, factor, interval_limit in ((8, 1.05, 1.10), (4, 1.15, 1.15)):
             s = by.get(n, {}).get("student" + suffix)
             if s is None or ref is None:
                 continue
-            ratio, factor, interval_limit = (
-                s / ref,
-                round(factor + slack, 6),
-                round(interval_limit + slack, 6),
-            )
+            ratio = s / ref
+            factor, interval_limit = round(factor + slack, 6), round(interval_limit + slack, 6)
             where = " in pixel space" if suffix else ""
             out.append(
                 dict(
@@ -1092,7 +1088,7 @@ def _targets(
                     f"(<= {factor}: {'met' if ratio <= factor else 'MISSED'})",
                 )
             )
-            _add_interval(out[-1], main.get(f"student_{n}_vs_teacher_ddim_256"), interval_limit)
+            _add_interval(out[-1], compared.get((name, f"student_{n}_vs_teacher_ddim_256")), interval_limit)
     s1, t4 = by.get(1, {}).get("student"), by.get(4, {}).get("teacher_ddim")
     if s1 is not None and t4 is not None:
         out.append(
@@ -1105,8 +1101,7 @@ def _targets(
                 f"{'met' if s1 < t4 else 'MISSED'}",
             )
         )
-        first = {c["name"]: c for c in compared if c["space"] == space}
-        _add_interval(out[-1], first.get("student_1_vs_teacher_ddim_4"), 1.0)
+        _add_interval(out[-1], compared.get((space, "student_1_vs_teacher_ddim_4")), 1.0)
     pr = {r["steps"]: r for r in (precision_recall or {}).get("rows", [])}
     r1, r256 = pr.get(1, {}).get("student"), pr.get(256, {}).get("teacher_ddim")
     if r1 is not None and r256 is not None and r256["recall"] > 0:

@@ -637,13 +637,11 @@ def sample_statistics(
     )
 
 
-def _precision_recall_section(
-    evaluator: Evaluator, features: dict[tuple[str, int], dict[str, np.ndarray]], steps: list[int], k: int
-) -> dict:
-    """`knn_precision_recall` of every model against the reference half in the main space, and
-    of the held-out half (data vs data); None where a set has k rows or fewer."""
-    space = evaluator.metric
-    real, held = evaluator.reference_features[space], evaluator.held_out_features[space]
+def reference_precision_recall(evaluator: Evaluator, k: int = 3) -> Callable[[np.ndarray], dict | None]:
+    """A function of features (n, d) in the main space: their `knn_precision_recall` against the
+    reference half as `{"precision", "recall"}` (the reference's k-NN radii computed once), or None
+    where either set has k rows or fewer."""
+    real = evaluator.reference_features[evaluator.metric]
     radii = knn_radii(real, k) if 1 <= k < real.shape[0] else None
 
     def pr(fake: np.ndarray) -> dict | None:
@@ -652,6 +650,17 @@ def _precision_recall_section(
         p, r = knn_precision_recall(real, fake, k, real_radii=radii)
         return dict(precision=p, recall=r)
 
+    return pr
+
+
+def _precision_recall_section(
+    evaluator: Evaluator, features: dict[tuple[str, int], dict[str, np.ndarray]], steps: list[int], k: int
+) -> dict:
+    """`knn_precision_recall` of every model against the reference half in the main space, and
+    of the held-out half (data vs data); None where a set has k rows or fewer."""
+    space = evaluator.metric
+    pr = reference_precision_recall(evaluator, k)
+    held = evaluator.held_out_features[space]
     rows = [
         {
             "steps": n,
@@ -894,17 +903,13 @@ def baseline_statistics(
             comparisons.append(entry)
 
     space = evaluator.metric
-    real = evaluator.reference_features[space]
-    radii = knn_radii(real, k) if 1 <= k < real.shape[0] else None
+    pr = reference_precision_recall(evaluator, k)
     pr_rows = []
     for r in baseline_rows:
         row = {"steps": r["steps"]}
         for name in BASELINES:
-            row[name] = None
             f = features.get((name, r["steps"]))
-            if f is not None and radii is not None and k < f[space].shape[0]:
-                p, rec = knn_precision_recall(real, f[space], k, real_radii=radii)
-                row[name] = dict(precision=p, recall=rec)
+            row[name] = None if f is None else pr(f[space])
         pr_rows.append(row)
     return dict(
         intervals=dict(level=level, resamples=resamples, seed=seed, rows=ci_rows),

@@ -248,14 +248,13 @@ def evaluate_guided(
     N (DDIM and the stochastic sampler) at every w, all from the noise `z` (n, ...) and labels `y`
     (n,). Returns the rows and the samples `{"<model>_<sampler>_N<N>_w<w>": (x, y)}` (CPU)."""
     from ..sampling import sample
-    from .evaluation import knn_precision_recall, knn_radii, timed_sample
+    from .evaluation import reference_precision_recall, timed_sample
 
     metric = evaluator.metric
     rows: list[dict] = []
     samples: dict[str, tuple[Tensor, Tensor]] = {}
     y_dev = y.to(z.device)
-    real = evaluator.reference_features[metric]
-    radii = knn_radii(real, PR_K) if 1 <= PR_K < real.shape[0] else None
+    pr = reference_precision_recall(evaluator, PR_K)  # k-NN precision and recall (Kynkaanniemi et al.)
 
     def score(name: str, sampler: str, steps: int, w_name: str, model: Any, **kw: Any) -> None:
         s, sec = timed_sample(
@@ -264,15 +263,12 @@ def evaluate_guided(
         d = evaluator.distances(s)
         with torch.no_grad():
             pred = classifier(s.detach().cpu().float()).argmax(1)
-        precision = recall = None  # k-NN precision and recall in the main space (Kynkaanniemi et al.)
-        if radii is not None and PR_K < s.shape[0]:
-            fake = evaluator.features(s)[metric]
-            precision, recall = knn_precision_recall(real, fake, PR_K, real_radii=radii)
+        got = pr(evaluator.features(s)[metric]) or dict(precision=None, recall=None)
         rows.append(
             dict(
                 model=name, sampler=sampler, steps=steps, w=w_name, frechet=d[metric],
                 **{f"frechet_{k}": v for k, v in d.items()}, accuracy=int((pred == y).sum()) / len(y),
-                precision=precision, recall=recall, sample_seconds=sec,
+                **got, sample_seconds=sec,
             )
         )  # fmt: skip
         samples[f"{name}_{sampler}_N{steps}_w{w_name}"] = (s.detach().cpu().float(), y)
@@ -388,14 +384,11 @@ def guided_targets(rows: list[dict], replicates: dict[str, np.ndarray] | None = 
 
 def _data_precision_recall(evaluator: Any) -> dict | None:
     """k-NN precision and recall of the held-out half against the reference half (data vs data)."""
-    from .evaluation import knn_precision_recall
+    from .evaluation import reference_precision_recall
 
     space = evaluator.metric
-    real, held = evaluator.reference_features[space], evaluator.held_out_features[space]
-    if not PR_K < min(real.shape[0], held.shape[0]):
-        return None
-    p, r = knn_precision_recall(real, held, PR_K)
-    return dict(k=PR_K, space=space, precision=p, recall=r)
+    got = reference_precision_recall(evaluator, PR_K)(evaluator.held_out_features[space])
+    return None if got is None else dict(k=PR_K, space=space, **got)
 
 
 def format_guided_table(report: dict[str, Any]) -> str:
