@@ -133,13 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--iters",
         type=int,
-        help="distillation iterations per round (default 2000; the last "
+        help="distillation iterations per round (default 2000, with --guided 1000; the last "
         "two rounds run --last-rounds-factor times as many)",
     )
     p.add_argument(
         "--last-rounds-factor",
         type=float,
-        help="iteration multiplier of the last two rounds (default 1; the paper's is 2)",
+        help="iteration multiplier of the last two rounds (default 1, with --guided 4; the paper's is 2)",
     )
     p.add_argument("--lr", type=float, help="distillation learning rate (annealed linearly to 0 each round)")
     p.add_argument("--batch-size", type=int, help="distillation batch size")
