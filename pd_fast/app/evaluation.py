@@ -19,8 +19,8 @@ Beside the Fréchet distance (`sample_statistics`):
   resampled with its numerator and denominator together.
 - **k-NN precision and recall** ([PR] Kynkäänniemi et al. 2019, arXiv 1904.06991, Sec. 3,
   `knn_precision_recall`), with the data-vs-data values as their reference.
-- **a memorisation check** (`nearest_distances`): each sample's nearest-neighbour distance to the
-  training set against a held-out example's.
+- **a memorisation check** (`memorisation_check`, `nearest_distances`): each sample's
+  nearest-neighbour distance to the training set against a held-out example's.
 """
 
 from __future__ import annotations
@@ -674,20 +674,20 @@ def _precision_recall_section(
     return dict(space=space, k=k, data=pr(held), rows=rows)
 
 
-def _memorisation_section(
-    evaluator: Evaluator, samples: dict[str, dict[int, Tensor]], steps: list[int]
-) -> dict | None:
-    """Nearest-training-example distances of the samples against held-out ones (pixel space);
-    None without training data."""
+def memorisation_check(evaluator: Evaluator) -> tuple[Callable[[Tensor], dict], dict] | None:
+    """The memorisation check in pixel space: a function of samples (n, ...) giving their median
+    nearest-training-example distance, that median over the held-out one (`median_ratio`; about 1
+    for fresh draws, 0 for copies) and the fraction closer than held-out's 1st percentile
+    (`below_held_out_p01`; about 0.01 if nothing is copied), with the reference it uses
+    (`space`, `training_examples`, `held_out`, `held_out_median`, `held_out_p01`). Held-out
+    distances are leave-one-out over the training set. None without training data."""
     if evaluator.data is None or evaluator.data.shape[0] < 2:
         return None
     train = evaluator.data.reshape(evaluator.data.shape[0], -1)
     held = leave_one_out_distances(train)
     median_held, p01 = float(np.median(held)), float(np.quantile(held, 0.01))
 
-    def check(s: Tensor | None) -> dict | None:
-        if s is None:
-            return None
+    def check(s: Tensor) -> dict:
         d = nearest_distances(s.reshape(s.shape[0], -1), train)
         return dict(
             median_distance=float(np.median(d)),
@@ -695,18 +695,33 @@ def _memorisation_section(
             below_held_out_p01=float(np.mean(d < p01)),
         )
 
-    rows = [
-        {"steps": n, **{name: check(samples.get(key, {}).get(n)) for key, name in MODEL_FIELDS.items()}}
-        for n in steps
-    ]
-    return dict(
+    reference = dict(
         space="pixel",
         training_examples=int(train.shape[0]),
         held_out="leave-one-out: each training example's distance to its nearest other one",
         held_out_median=median_held,
         held_out_p01=p01,
-        rows=rows,
     )
+    return check, reference
+
+
+def _memorisation_section(
+    evaluator: Evaluator, samples: dict[str, dict[int, Tensor]], steps: list[int]
+) -> dict | None:
+    """`memorisation_check` of every model's samples at each N; None without training data."""
+    memo = memorisation_check(evaluator)
+    if memo is None:
+        return None
+    check, reference = memo
+
+    def checked(s: Tensor | None) -> dict | None:
+        return None if s is None else check(s)
+
+    rows = [
+        {"steps": n, **{name: checked(samples.get(key, {}).get(n)) for key, name in MODEL_FIELDS.items()}}
+        for n in steps
+    ]
+    return dict(**reference, rows=rows)
 
 
 # ----- baselines: the teacher with training-free high-order solvers ------------------------------

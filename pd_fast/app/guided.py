@@ -14,7 +14,9 @@ Fréchet distance to the data in the evaluation classifier's features (`pd_fast.
 and by their class accuracy (the fraction the classifier assigns to the requested label).
 
 Writes into the run folder: `report.json` (`rows`: one per model, sampler, N and w, with `frechet`,
-`frechet_pixel`, `accuracy`, `sample_seconds`, and `interval`, the 95% paired bootstrap interval
+`frechet_pixel`, `accuracy`, `precision`, `recall`, `memorisation` (the memorisation check of
+`pd_fast.app.evaluation.memorisation_check`; its reference is the report's `memorisation`),
+`sample_seconds`, and `interval`, the 95% paired bootstrap interval
 of `frechet`; `targets`, the Fréchet ratios with their paired intervals), `samples.npz` (the scored samples,
 `x_<model>_<sampler>_N<N>_w<w>` float32 in [-1, 1], their labels `y_<same suffix>`; w written as
 in the flag), `grid_w<w>.png` (rows: classes; columns: the student at each N, then the teacher at
@@ -112,7 +114,7 @@ def run_guided(
     from ..schedules import CosineSchedule
     from .checkpoint import save_json
     from .data import load_data
-    from .evaluation import make_evaluator, train_classifier
+    from .evaluation import make_evaluator, memorisation_check, train_classifier
     from .models import build_model
     from .training import distill_guidance, part_ranks, progressive_distill, rank_fingerprints, train_teacher
 
@@ -187,9 +189,10 @@ def run_guided(
     y = torch.arange(n) % classes
     gen = torch.Generator().manual_seed(settings["seed"] + 1)
     z = torch.randn((n,) + data.shape, generator=gen).to(device)
+    memo = memorisation_check(evaluator)
     rows, samples = evaluate_guided(
         teacher_model, students, evaluator, classifier, schedule, param, z, y, eval_ws(settings["eval_w"]),
-        seed=settings["seed"] + 2,
+        seed=settings["seed"] + 2, memorisation=memo,
     )  # fmt: skip
     replicates = add_intervals(rows, samples, evaluator, seed=settings["seed"])
     timings["eval_seconds"] = time.perf_counter() - t0
@@ -205,6 +208,7 @@ def run_guided(
         "eval_samples": n,
         "world_size": world,
         "precision_recall_data": _data_precision_recall(evaluator),
+        "memorisation": None if memo is None else memo[1],
         "settings": settings,
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -220,6 +224,9 @@ def run_guided(
     for name, _ in eval_ws(settings["eval_w"]):
         plot_grid(samples, name, classes, os.path.join(out, f"grid_w{name}.png"))
     print(format_guided_table(report))
+    memo_table = format_guided_memorisation(report)
+    if memo_table is not None:
+        print(memo_table)
     for line in report["targets"]:
         print(line["text"])
     print(
@@ -244,18 +251,22 @@ def evaluate_guided(
     ws: list[tuple[str, float]],
     seed: int = 0,
     clip: bool = True,
+    memorisation: tuple | None = None,
 ) -> tuple[list[dict], dict[str, tuple[Tensor, Tensor]]]:
     """Score the guided teacher (DDIM at 256 and at each N of `EVAL_STEPS`) and each student of those
     N (DDIM and the stochastic sampler) at every w, all from the noise `z` (n, ...) and labels `y`
-    (n,). Returns the rows and the samples `{"<model>_<sampler>_N<N>_w<w>": (x, y)}` (CPU)."""
+    (n,): Fréchet distances, class accuracy, k-NN precision / recall and the memorisation check
+    (`memorisation`: what `evaluation.memorisation_check(evaluator)` returns, computed here if None).
+    Returns the rows and the samples `{"<model>_<sampler>_N<N>_w<w>": (x, y)}` (CPU)."""
     from ..sampling import sample
-    from .evaluation import reference_precision_recall, timed_sample
+    from .evaluation import memorisation_check, reference_precision_recall, timed_sample
 
     metric = evaluator.metric
     rows: list[dict] = []
     samples: dict[str, tuple[Tensor, Tensor]] = {}
     y_dev = y.to(z.device)
     pr = reference_precision_recall(evaluator, PR_K)  # k-NN precision and recall (Kynkaanniemi et al.)
+    memo = memorisation_check(evaluator) if memorisation is None else memorisation
 
     def score(name: str, sampler: str, steps: int, w_name: str, model: Any, **kw: Any) -> None:
         s, sec = timed_sample(
@@ -269,7 +280,8 @@ def evaluate_guided(
             dict(
                 model=name, sampler=sampler, steps=steps, w=w_name, frechet=d[metric],
                 **{f"frechet_{k}": v for k, v in d.items()}, accuracy=int((pred == y).sum()) / len(y),
-                **got, sample_seconds=sec,
+                **got, memorisation=None if memo is None else memo[0](s.detach().cpu().float()),
+                sample_seconds=sec,
             )
         )  # fmt: skip
         samples[f"{name}_{sampler}_N{steps}_w{w_name}"] = (s.detach().cpu().float(), y)
@@ -408,6 +420,32 @@ def format_guided_table(report: dict[str, Any]) -> str:
             r = _find(rows, model, sampler, steps, w)
             pr = "-" if r is None or r.get("recall") is None else f"{r['precision']:.2f}/{r['recall']:.2f}"
             cells.append(f" | {r['frechet']:9.4g} {r['accuracy']:6.3f} {pr:>9} " if r else " | " + " " * 27)
+        lines.append(f"{f'{model} {sampler} N={steps}':<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def format_guided_memorisation(report: dict[str, Any]) -> str | None:
+    """The memorisation check of every row, one line per (model, sampler, N), a column per w; None
+    when the report has none."""
+    ref, rows, ws = report.get("memorisation"), report["rows"], report["ws"]
+    if ref is None:
+        return None
+    keys = sorted({(r["model"], r["sampler"], r["steps"]) for r in rows}, key=lambda k: (k[0], k[1], -k[2]))
+    lines = [
+        f"memorisation ({ref['space']}): median nearest-training-example distance / held-out's "
+        f"({ref['held_out_median']:.3g}, leave-one-out over {ref['training_examples']} examples), and the "
+        "fraction of samples closer than held-out's 1st percentile (about 0.01 if nothing is copied)",
+        f"{'model':<22}" + "".join(f" | w={w:<10}" for w in ws),
+    ]
+    lines.append("-" * len(lines[1]))
+    for model, sampler, steps in keys:
+        cells = []
+        for w in ws:
+            m = (_find(rows, model, sampler, steps, w) or {}).get("memorisation")
+            ok = m is not None and m["median_ratio"] is not None
+            cells.append(
+                f" | {m['median_ratio']:.3f}, {m['below_held_out_p01']:.3f}" if ok else " | -" + " " * 11
+            )
         lines.append(f"{f'{model} {sampler} N={steps}':<22}" + "".join(cells))
     return "\n".join(lines)
 

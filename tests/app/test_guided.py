@@ -240,10 +240,16 @@ def test_stage1_killed_and_resumed_ends_bitwise_equal(tmp_path):
 def test_tiny_guided_job_writes_report_grids_and_named_samples(tmp_path):
     """`python -m pd_fast --guided` end to end on 200 digits: every (model, sampler, N, w) scored,
     samples.npz named `x_<model>_<sampler>_N<N>_w<w>` / `y_...` (w as in the flag), and the
-    report's Frechet distances and accuracies reproduced from those samples by the run's classifier."""
+    report's Frechet distances, accuracies, precision / recall and nearest-training distances
+    reproduced from those samples."""
     from pd_fast.app.cli import main
     from pd_fast.app.data import digits
-    from pd_fast.app.evaluation import knn_precision_recall, make_evaluator, train_classifier
+    from pd_fast.app.evaluation import (
+        knn_precision_recall,
+        make_evaluator,
+        nearest_distances,
+        train_classifier,
+    )
 
     d = digits()
     path = tmp_path / "digits200.npz"
@@ -283,6 +289,9 @@ def test_tiny_guided_job_writes_report_grids_and_named_samples(tmp_path):
         fake = ev.features(torch.from_numpy(xs))["classifier"]  # k-NN P/R of this very sample set
         p, rec = knn_precision_recall(ev.reference_features["classifier"], fake, 3)
         assert (r["precision"], r["recall"]) == pytest.approx((p, rec), abs=1e-12)
+        nearest = nearest_distances(torch.from_numpy(xs), d.x[:200])  # memorisation of this sample set
+        assert r["memorisation"]["median_distance"] == pytest.approx(float(np.median(nearest)), rel=1e-12)
+    assert report["memorisation"]["training_examples"] == 200
     data = report["precision_recall_data"]
     p, rec = knn_precision_recall(ev.reference_features["classifier"], ev.held_out_features["classifier"], 3)
     assert data["k"] == 3 and (data["precision"], data["recall"]) == pytest.approx((p, rec), abs=1e-12)
@@ -294,10 +303,12 @@ def test_tiny_guided_job_writes_report_grids_and_named_samples(tmp_path):
     assert {t["name"] for t in report["targets"]} >= {"student_4_frechet", "student_1_vs_teacher_4"}
 
 
-def test_guided_rows_carry_the_knn_precision_and_recall_of_their_samples(tmp_path):
-    """A teacher whose x-prediction is a real digit of the requested class samples real digits: its
-    rows' precision and recall are those of `knn_precision_recall` on exactly those digits (high
-    precision, and precision and recall differ, so a swap shows)."""
+def test_guided_rows_carry_the_knn_precision_recall_and_memorisation_of_their_samples(tmp_path):
+    """A teacher whose x-prediction is a real training digit of the requested class samples copies of
+    the training set: its rows' precision and recall are those of `knn_precision_recall` on exactly
+    those digits (high precision, and precision and recall differ, so a swap shows), and the
+    memorisation check flags every sample (distance 0). A student that averages two digits of the
+    class copies none, and its rows say so."""
     from pd_fast import CosineSchedule
     from pd_fast.app.data import digits
     from pd_fast.app.evaluation import knn_precision_recall, make_evaluator, train_classifier
@@ -317,15 +328,34 @@ def test_guided_rows_carry_the_knn_precision_and_recall_of_their_samples(tmp_pat
             picks.append(members[k % len(members)])
         return torch.stack(picks)
 
+    def student(z, t, c, w):  # noqa: ANN001, ANN202
+        """x-prediction: the mean of two neighbouring digits of class c."""
+        picks = []
+        for k, i in enumerate(c.tolist()):
+            members = pool[i]
+            picks.append(0.5 * (members[k % len(members)] + members[(k + 1) % len(members)]))
+        return torch.stack(picks)
+
     n = ev.n_samples
     y = torch.arange(n) % 10
     z = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    rows, samples = evaluate_guided(teacher, {}, ev, classifier, CosineSchedule(), "x", z, y, [("0", 0.0)])
+    rows, samples = evaluate_guided(
+        teacher, {1: student}, ev, classifier, CosineSchedule(), "x", z, y, [("0", 0.0)]
+    )
     for r in rows:
+        if r["model"] != "teacher":
+            continue
         xs, _ = samples[f"{r['model']}_{r['sampler']}_N{r['steps']}_w{r['w']}"]
         p, rec = knn_precision_recall(ev.reference_features["classifier"], ev.features(xs)["classifier"], 3)
         assert (r["precision"], r["recall"]) == pytest.approx((p, rec), abs=1e-12)
         assert r["precision"] > 0.8 and abs(r["precision"] - r["recall"]) > 0.01
+        memo = r["memorisation"]
+        assert memo["median_distance"] == 0.0 and memo["median_ratio"] == 0.0
+        assert memo["below_held_out_p01"] == 1.0
+    students = [r for r in rows if r["model"] == "student"]
+    assert len(students) == 2  # ddim and stochastic at N = 1
+    for r in students:
+        assert r["memorisation"]["median_ratio"] > 0.5 and r["memorisation"]["below_held_out_p01"] < 0.5
 
 
 def test_guided_job_interrupted_in_stage_2_and_resumed_ends_bitwise_equal(tmp_path, monkeypatch):
