@@ -21,6 +21,11 @@ from ._checks import batch_times, like, per_example, same_shape, tensor, times
 
 DISCRETE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 LOG_FLOAT64_MAX = math.log(torch.finfo(torch.float64).max)  # ~709.78: exp() of more overflows
+# A cosine schedule must reproduce its own endpoints within ENDPOINT_RTOL: near t = 1, theta = a t + b
+# nears pi/2 and rounds there, so lambda(1) is off by more than that for logsnr_min below about -53
+# (and is -74.7 for every logsnr_min below -75); near t = 0, tan(b) underflows for logsnr_max above
+# about 1477.
+ENDPOINT_RTOL = 1e-6
 
 
 class CosineSchedule:
@@ -45,6 +50,14 @@ class CosineSchedule:
         self.logsnr_max = float(logsnr_max)
         self.b = math.atan(math.exp(-0.5 * self.logsnr_max))
         self.a = math.atan(math.exp(-0.5 * self.logsnr_min)) - self.b
+        for t, name, want in ((1.0, "logsnr_min", self.logsnr_min), (0.0, "logsnr_max", self.logsnr_max)):
+            tan = math.tan(self.a * t + self.b)
+            got = -2.0 * math.log(tan) if tan > 0 else math.inf
+            if not abs(got - want) <= ENDPOINT_RTOL * max(1.0, abs(want)):
+                raise ValueError(
+                    f"{name}={want} is beyond what the schedule can represent in float64: lambda({t:g}) "
+                    f"evaluates to {got:.6g} (keep logsnr_min >= -50 and logsnr_max <= 1400)"
+                )
 
     def _theta(self, t: Any) -> torch.Tensor:
         return self.a * times("t", t) + self.b

@@ -13,6 +13,12 @@ import numpy as np
 from ._checks import as_array, same_shape, times
 
 DISCRETE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
+LOG_FLOAT64_MAX = float(np.log(np.finfo(np.float64).max))  # ~709.78: exp() of more overflows
+# A cosine schedule must reproduce its own endpoints within ENDPOINT_RTOL: near t = 1, theta = a t + b
+# nears pi/2 and rounds there, so lambda(1) is off by more than that for logsnr_min below about -53
+# (and is -74.7 for every logsnr_min below -75); near t = 0, tan(b) underflows for logsnr_max above
+# about 1477.
+ENDPOINT_RTOL = 1e-6
 
 
 class CosineSchedule:
@@ -30,8 +36,21 @@ class CosineSchedule:
             raise ValueError(f"logsnr_min ({logsnr_min}) must be < logsnr_max ({logsnr_max})")
         self.logsnr_min = float(logsnr_min)
         self.logsnr_max = float(logsnr_max)
+        if -0.5 * self.logsnr_min > LOG_FLOAT64_MAX:
+            raise ValueError(
+                f"logsnr_min must be >= {-2 * LOG_FLOAT64_MAX:.6g} (exp(-logsnr_min / 2) overflows float64), "
+                f"got {logsnr_min}"
+            )
         self.b = float(np.arctan(np.exp(-0.5 * self.logsnr_max)))
         self.a = float(np.arctan(np.exp(-0.5 * self.logsnr_min))) - self.b
+        for t, name, want in ((1.0, "logsnr_min", self.logsnr_min), (0.0, "logsnr_max", self.logsnr_max)):
+            tan = float(np.tan(self.a * t + self.b))
+            got = -2.0 * float(np.log(tan)) if tan > 0 else np.inf
+            if not abs(got - want) <= ENDPOINT_RTOL * max(1.0, abs(want)):
+                raise ValueError(
+                    f"{name}={want} is beyond what the schedule can represent in float64: lambda({t:g}) "
+                    f"evaluates to {got:.6g} (keep logsnr_min >= -50 and logsnr_max <= 1400)"
+                )
 
     def _theta(self, t: Any) -> np.ndarray:
         return self.a * times("t", t) + self.b

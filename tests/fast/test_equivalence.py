@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 
 import numpy as np
 import pytest
@@ -543,6 +544,13 @@ def test_schedule_value_errors_match_pd_ref():
     for pkg in (pd_ref, pd_fast):
         with pytest.raises(ValueError, match="logsnr_min"):
             pkg.CosineSchedule(5.0, -5.0)
+        # float64 cannot hold these endpoints: lambda(1) would be -74.7, lambda(0) would be inf
+        with pytest.raises(
+            ValueError, match=r"logsnr_min=-100.0 is beyond .* lambda\(1\) evaluates to -74.66"
+        ):
+            pkg.CosineSchedule(-100.0, 20.0)
+        with pytest.raises(ValueError, match=r"logsnr_max=1500.0 is beyond .* lambda\(0\) evaluates to inf"):
+            pkg.CosineSchedule(-20.0, 1500.0)
         with pytest.raises(ValueError, match="kind"):
             pkg.DiscreteSchedule.from_betas("cubic")
         with pytest.raises(ValueError, match="num_train_timesteps"):
@@ -553,6 +561,17 @@ def test_schedule_value_errors_match_pd_ref():
             pkg.CosineSchedule().alpha_sigma(1.5)
         with pytest.raises(ValueError, match="sigma"):
             pkg.loss_weight(0.5, 0.0, "snr")
+
+
+def test_the_widest_accepted_cosine_schedule_keeps_its_endpoints():
+    """At the edges the endpoint check allows, lambda(0) and lambda(1) are what was asked for, and
+    alpha_1 = sqrt(sigmoid(logsnr_min)) (closed form) to 1e-5 relative."""
+    t = np.array([0.0, 1.0])
+    for sched in (pd_ref.CosineSchedule(-50.0, 1400.0), pd_fast.CosineSchedule(-50.0, 1400.0)):
+        lam = np.asarray(sched.logsnr(t if sched.__module__.startswith("pd_ref") else torch.tensor(t)))
+        np.testing.assert_allclose(lam, [1400.0, -50.0], rtol=1e-6)
+        alpha, _ = sched.alpha_sigma(t if sched.__module__.startswith("pd_ref") else torch.tensor(t))
+        assert float(alpha[1]) == pytest.approx(math.sqrt(1.0 / (1.0 + math.exp(50.0))), rel=1e-5)
 
 
 def test_tensors_on_mixed_dtypes_or_of_unsupported_dtype_raise(backend):
