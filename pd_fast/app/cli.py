@@ -42,8 +42,9 @@ fitted to the UNet's channels and `sample_size`; `--start-steps` defaults to 128
 `--quick`, which also uses batches of 64) lowered to the largest power of two <= T; the students
 are v models (`--param`), and an eps or x teacher first gets a student of that param that learns
 its own start-steps DDIM (`pd_fast.app.reparam`; `--reparam-iters`, default 2 x `--iters`);
-everything is evaluated as the exported pipelines sample (no clipping), and every student whose
-N divides T is written to `OUT/diffusers/student_<N>/` (a `DDIMPipeline` folder).
+everything is evaluated as the exported pipelines sample (no clipping; the scored samples go to
+`samples.npz` as above), and every student whose N divides T is written to
+`OUT/diffusers/student_<N>/` (a `DDIMPipeline` folder).
 """
 
 from __future__ import annotations
@@ -638,7 +639,6 @@ def run(
         baseline_statistics,
         evaluate_baselines,
         evaluate_models,
-        make_evaluator,
         sample_statistics,
     )
     from .models import build_model
@@ -647,11 +647,9 @@ def run(
         format_comparisons,
         format_quality_checks,
         format_table,
-        plot_quality,
-        plot_samples,
         write_samples,
     )
-    from .training import part_ranks, progressive_distill, rank_fingerprints, train_teacher
+    from .training import part_ranks, rank_fingerprints, train_teacher
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -712,23 +710,10 @@ def run(
     timings["teacher_train_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    students = progressive_distill(
-        teacher,
-        x,
-        settings["start_steps"],
-        settings["end_steps"],
-        schedule=schedule,
-        param=param,
-        iters=settings["iters"],
-        last_rounds_factor=settings["last_rounds_factor"],
-        batch_size=settings["batch_size"],
-        lr=settings["lr"],
-        seed=settings["seed"],
-        out_dir=out,
-        ckpt_every=settings["ckpt_every"],
-        resume=resume,
-        progress=progress,
-    )
+    students = _distill(
+        teacher, x, settings["start_steps"], settings["end_steps"], schedule, param, settings, out, resume,
+        progress,
+    )  # fmt: skip
     timings["distill_train_seconds"] = time.perf_counter() - t0
     models = {"teacher": teacher, **{f"student_{n}": s for n, s in students.items()}}
     fingerprints = rank_fingerprints(models) if world > 1 else None
@@ -737,11 +722,9 @@ def run(
         return {}
 
     t0 = time.perf_counter()
-    evaluator = make_evaluator(data.x, data.labels, seed=settings["seed"], cache_dir=out)
-    n_max = max(settings["eval_max_steps"], settings["start_steps"])
-    teacher_steps = sorted({2**k for k in range(n_max.bit_length()) if 2**k <= n_max} | set(students))
-    gen = torch.Generator().manual_seed(settings["seed"] + 1)
-    z = torch.randn((evaluator.n_samples,) + data.shape, generator=gen).to(device)
+    evaluator, teacher_steps, z = _evaluation_setup(
+        data, settings, settings["start_steps"], students, out, device
+    )
     rows, samples = evaluate_models(teacher, students, evaluator, schedule, param, teacher_steps, z)
     timings["eval_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -779,10 +762,7 @@ def run(
         report["rank_fingerprints"] = fingerprints
     save_json(os.path.join(out, "report.json"), report)
     write_samples(os.path.join(out, "samples.npz"), {**samples, **baseline_samples})
-    plot_quality(report, os.path.join(out, "quality_vs_steps.png"))
-    grid_steps = [n for n in sorted(samples["teacher"]) if n in students or n == max(samples["teacher"])]
-    shown = {"teacher": {n: samples["teacher"][n] for n in grid_steps}, "student": samples["student"]}
-    plot_samples(shown, os.path.join(out, "samples.png"), data=data.x)
+    _write_figures(report, samples, students, data, out)
     print(format_table(report))
     print(format_comparisons(report))
     print(format_quality_checks(report))
@@ -798,6 +778,57 @@ def run(
     )
     print(f"wrote {out}/report.json, samples.npz, quality_vs_steps.png, samples.png, checkpoints/")
     return report
+
+
+def _distill(
+    teacher: Any,
+    x: Any,
+    start: int,
+    end: int,
+    schedule: Any,
+    param: str,
+    settings: dict[str, Any],
+    out: str,
+    resume: bool,
+    progress: bool,
+) -> dict[int, Any]:
+    """`progressive_distill` from `start` steps down to `end` with the run's settings."""
+    from .training import progressive_distill
+
+    return progressive_distill(
+        teacher, x, start, end, schedule=schedule, param=param, iters=settings["iters"],
+        last_rounds_factor=settings["last_rounds_factor"], batch_size=settings["batch_size"],
+        lr=settings["lr"], seed=settings["seed"], out_dir=out, ckpt_every=settings["ckpt_every"],
+        resume=resume, progress=progress,
+    )  # fmt: skip
+
+
+def _evaluation_setup(
+    data: Any, settings: dict[str, Any], start: int, students: dict[int, Any], out: str, device: torch.device
+) -> tuple[Any, list[int], torch.Tensor]:
+    """The evaluator, the teacher's step counts to score (powers of 2 up to the larger of
+    `eval_max_steps` and `start`, and every student's N) and the shared starting noise z."""
+    from .evaluation import make_evaluator
+
+    evaluator = make_evaluator(data.x, data.labels, seed=settings["seed"], cache_dir=out)
+    n_max = max(settings["eval_max_steps"], start)
+    teacher_steps = sorted({2**k for k in range(n_max.bit_length()) if 2**k <= n_max} | set(students))
+    gen = torch.Generator().manual_seed(settings["seed"] + 1)
+    z = torch.randn((evaluator.n_samples,) + data.shape, generator=gen).to(device)
+    return evaluator, teacher_steps, z
+
+
+def _write_figures(
+    report: dict[str, Any], samples: dict[str, dict[int, torch.Tensor]], students: dict, data: Any, out: str
+) -> None:
+    """`quality_vs_steps.png`, and `samples.png`: the teacher at each student's N and at its largest
+    N, and the students."""
+    from .report import plot_quality, plot_samples
+
+    plot_quality(report, os.path.join(out, "quality_vs_steps.png"))
+    grid_steps = [n for n in sorted(samples["teacher"]) if n in students or n == max(samples["teacher"])]
+    shown = {"teacher": {n: samples["teacher"][n] for n in grid_steps}, "student": samples["student"]}
+    plot_samples(shown, os.path.join(out, "samples.png"), data=data.x)
 
 
 def _report_head(
@@ -907,10 +938,9 @@ def _run_diffusers(
 
     from ..integrations.diffusers import to_diffusers
     from .checkpoint import load_model_checkpoint, save_json, save_model_checkpoint, schedule_to_dict
-    from .evaluation import evaluate_models, make_evaluator
+    from .evaluation import evaluate_models
     from .reparam import reparameterize
-    from .report import format_table, plot_quality, plot_samples
-    from .training import progressive_distill
+    from .report import format_table, write_samples
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -972,32 +1002,12 @@ def _run_diffusers(
     timings["reparam_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    students = progressive_distill(
-        current,
-        x,
-        start,
-        end,
-        schedule=schedule,
-        param=param,
-        iters=settings["iters"],
-        last_rounds_factor=settings["last_rounds_factor"],
-        batch_size=settings["batch_size"],
-        lr=settings["lr"],
-        seed=settings["seed"],
-        out_dir=out,
-        ckpt_every=settings["ckpt_every"],
-        resume=resume,
-        progress=progress,
-    )
+    students = _distill(current, x, start, end, schedule, param, settings, out, resume, progress)
     students = {**first_students, **students}
     timings["distill_train_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    evaluator = make_evaluator(data.x, data.labels, seed=settings["seed"], cache_dir=out)
-    n_max = max(settings["eval_max_steps"], start)
-    teacher_steps = sorted({2**k for k in range(n_max.bit_length()) if 2**k <= n_max} | set(students))
-    gen = torch.Generator().manual_seed(settings["seed"] + 1)
-    z = torch.randn((evaluator.n_samples,) + data.shape, generator=gen).to(device)
+    evaluator, teacher_steps, z = _evaluation_setup(data, settings, start, students, out, device)
     # clip=False: what the exported DDIMPipelines (clip_sample=False) and the teacher's DDIM give
     t_rows, t_samples = evaluate_models(
         teacher, {}, evaluator, schedule, teacher_param, teacher_steps, z, clip=False
@@ -1032,11 +1042,9 @@ def _run_diffusers(
     }
     report["targets"] = _targets(rows)
     save_json(os.path.join(out, "report.json"), report)
-    plot_quality(report, os.path.join(out, "quality_vs_steps.png"))
     samples = {"teacher": t_samples["teacher"], "student": s_samples["student"]}
-    grid_steps = [n for n in sorted(samples["teacher"]) if n in students or n == max(samples["teacher"])]
-    shown = {"teacher": {n: samples["teacher"][n] for n in grid_steps}, "student": samples["student"]}
-    plot_samples(shown, os.path.join(out, "samples.png"), data=data.x)
+    write_samples(os.path.join(out, "samples.npz"), samples)
+    _write_figures(report, samples, students, data, out)
     print(format_table(report))
     for line in report["targets"]:
         print(line["text"])
@@ -1047,7 +1055,9 @@ def _run_diffusers(
     )
     if skipped:
         print(f"not exported (N does not divide T = {T}): {', '.join(map(str, skipped))} steps")
-    print(f"wrote {out}/report.json, quality_vs_steps.png, samples.png, checkpoints/, diffusers/")
+    print(
+        f"wrote {out}/report.json, samples.npz, quality_vs_steps.png, samples.png, checkpoints/, diffusers/"
+    )
     for n, folder in exports.items():
         print(f"  DDIMPipeline.from_pretrained({folder!r})(num_inference_steps={n})")
     return report

@@ -423,6 +423,16 @@ def test_cli_distills_a_diffusers_teacher_and_exports_every_student_it_can(tmp_p
     for key, value in weights.items():
         assert torch.equal(exported[key.removeprefix("unet.")], value)
     assert "DDIMPipeline.from_pretrained" in capsys.readouterr().out
+    # the scored samples, named as the main job names them, one array per scored model and N
+    with np.load(out / "samples.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    assert set(arrays) == {f"x_teacher_ddim_N{n}" for n in rows} | {
+        f"x_student_ddim_N{n}" for n in (4, 8, 16)
+    }
+    shape = arrays["x_teacher_ddim_N4"].shape
+    assert shape[0] == report["eval_samples"] and all(a.shape == shape for a in arrays.values())
+    assert all(a.dtype == np.float32 and np.isfinite(a).all() for a in arrays.values())
+    assert not np.array_equal(arrays["x_teacher_ddim_N4"], arrays["x_student_ddim_N4"])
     # a resumed finished run reloads the v student and gives the same numbers
     assert main(["--resume", "--out", str(out), "--no-progress"]) == 0
     again = json.loads((out / "report.json").read_text())
