@@ -240,10 +240,18 @@ def steps_count(steps: Any) -> int:
     return operator.index(steps)
 
 
-def labels_tensor(labels: Any, batch: int, device: torch.device) -> torch.Tensor:
+def model_classes(model: Any) -> int | None:
+    """The number of classes a model declares (`model.config["num_classes"]`, as the built-in
+    networks do), or None when it declares none."""
+    config = getattr(model, "config", None)
+    classes = config.get("num_classes") if isinstance(config, dict) else None
+    return classes if isinstance(classes, int) and not isinstance(classes, bool) else None
+
+
+def labels_tensor(labels: Any, batch: int, device: torch.device, classes: int | None = None) -> torch.Tensor:
     """Class labels as an int64 (B,) tensor on `device`: an int (shared by the batch) or an integer
-    tensor of shape () or (B,) on `device` or the CPU; -1 is the null label (docs/spec.md section 8).
-    One host sync (the check that no label is below -1)."""
+    tensor of shape () or (B,) on `device` or the CPU; -1 is the null label (docs/spec.md section 8),
+    and with `classes` every other label lies below it. One host sync (the range check)."""
     if isinstance(labels, torch.Tensor):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integers (-1 for the null label), got dtype {labels.dtype}")
@@ -261,6 +269,11 @@ def labels_tensor(labels: Any, batch: int, device: torch.device) -> torch.Tensor
             f"labels must be an int or of shape ({batch},) (the batch), got shape {tuple(arr.shape)}"
         )
     arr = arr.to(device=device, dtype=torch.int64)
-    if bool((arr < -1).any()):
+    low, high = torch.stack([(arr < -1).any(), (arr >= (classes or 0)).any()]).tolist()
+    if low:
         raise ValueError(f"labels must be >= -1 (-1 is the null label), got min {arr.min().item()}")
+    if classes is not None and high:
+        raise ValueError(
+            f"labels must be < {classes} (the model's classes) or -1, got max {arr.max().item()}"
+        )
     return arr.contiguous()

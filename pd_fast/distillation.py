@@ -126,7 +126,7 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.
     param = param_name(param)
     schedule = schedule_arg(schedule)
     z_t = tensor("z_t", z_t)
-    guide = guide_for(labels, w, z_t)
+    guide = guide_for(labels, w, z_t, teacher)
     batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
     floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
     resolution = torch.finfo(t.dtype).eps if floating else 0.0

@@ -30,6 +30,7 @@ from ._checks import (
     coef,
     labels_tensor,
     like,
+    model_classes,
     out_matches,
     param_name,
     same_shape,
@@ -330,7 +331,7 @@ def sample(
     z = tensor("z", z)
     if cuda_graph and not z.is_cuda:
         raise ValueError(f"cuda_graph=True needs z on a CUDA device, got {z.device}")
-    guide = guide_for(labels, w, z)
+    guide = guide_for(labels, w, z, model)
     backend = backend_for(z)
     steps_plan = plan(z, steps, schedule, step_rule(sampler, eta, variance, steps, schedule), backend)
     generator = None
@@ -342,9 +343,10 @@ def sample(
     return loop(model, z, steps_plan, param, clip, generator, backend, progress, guide=guide)
 
 
-def guide_for(labels: Any, w: Any, z: torch.Tensor) -> Guide | None:
+def guide_for(labels: Any, w: Any, z: torch.Tensor, model: Any = None) -> Guide | None:
     """How `sample` calls the model (docs/spec.md section 8): None without labels; with labels, the
-    w of the guided steps, or None in place of w when every w is 0 (one call per step)."""
+    w of the guided steps, or None in place of w when every w is 0 (one call per step). Labels are
+    checked against the classes `model` declares (`model.config["num_classes"]`), if any."""
     if labels is None and not isinstance(w, torch.Tensor) and w == 0:
         return None  # unconditional: no checks, no host sync
     batch, device = z.shape[0], z.device
@@ -355,7 +357,7 @@ def guide_for(labels: Any, w: Any, z: torch.Tensor) -> Guide | None:
         if guided:
             raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
         return None
-    labels = labels_tensor(labels, batch, device)
+    labels = labels_tensor(labels, batch, device, model_classes(model))
     w = w.to(torch.float32).contiguous() if guided else None
     return Guide(labels, torch.full_like(labels, NULL_LABEL), w)
 
@@ -462,7 +464,7 @@ class Sampler:
             raise ValueError(f"z has dtype {z.dtype} but the sampler runs in {self.dtype}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        guide = guide_for(labels, w, z)
+        guide = guide_for(labels, w, z, self.model)
         backend = backend_for(z)
         prepared = self._prepared(z, backend, guide)
         if not self.cuda_graph:

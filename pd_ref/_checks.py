@@ -98,9 +98,17 @@ def steps_count(steps: Any) -> int:
     return int(steps)
 
 
-def labels_array(labels: Any, batch: int) -> np.ndarray:
+def model_classes(model: Any) -> int | None:
+    """The number of classes a model declares (`model.config["num_classes"]`), or None."""
+    config = getattr(model, "config", None)
+    classes = config.get("num_classes") if isinstance(config, dict) else None
+    return classes if isinstance(classes, int) and not isinstance(classes, bool) else None
+
+
+def labels_array(labels: Any, batch: int, classes: int | None = None) -> np.ndarray:
     """Class labels as an int64 (B,) array: an int (shared by the batch) or an integer array of
-    shape () or (B,); -1 is the null label (docs/spec.md section 8)."""
+    shape () or (B,); -1 is the null label (docs/spec.md section 8), and with `classes` every other
+    label lies below it."""
     arr = np.asarray(labels)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"labels must be integers (-1 for the null label), got dtype {arr.dtype}")
@@ -110,4 +118,6 @@ def labels_array(labels: Any, batch: int) -> np.ndarray:
         raise ValueError(f"labels must be an int or of shape ({batch},) (the batch), got shape {arr.shape}")
     if np.any(arr < -1):
         raise ValueError(f"labels must be >= -1 (-1 is the null label), got min {arr.min()}")
+    if classes is not None and np.any(arr >= classes):
+        raise ValueError(f"labels must be < {classes} (the model's classes) or -1, got max {arr.max()}")
     return arr.astype(np.int64)

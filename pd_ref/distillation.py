@@ -12,6 +12,7 @@ from ._checks import (
     before,
     coef,
     labels_array,
+    model_classes,
     out_matches,
     param_name,
     same_shape,
@@ -83,7 +84,7 @@ def teacher_target(
     if labels is None and np.any(w != 0):
         raise ValueError("w > 0 needs labels: guidance combines the teacher with and without them")
     if labels is not None:
-        labels = labels_array(labels, batch)
+        labels = labels_array(labels, batch, model_classes(teacher))
     guided = labels is not None and bool(np.any(w != 0))
     t = np.broadcast_to(times("t", t), (batch,)).astype(np.float64)
     final = (student_grid_index(t, steps) == 1).reshape((-1,) + (1,) * (nd - 1))

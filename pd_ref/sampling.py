@@ -9,7 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import as_array, before, coef, labels_array, out_matches, param_name, same_shape, steps_count
+from ._checks import (
+    as_array,
+    before,
+    coef,
+    labels_array,
+    model_classes,
+    out_matches,
+    param_name,
+    same_shape,
+    steps_count,
+)
 from .parameterizations import NULL_LABEL, step_x_eps
 
 SAMPLERS = ("ddim", "ancestral", "stochastic", "dpmpp_2m")
@@ -204,7 +214,7 @@ def sample(
     if labels is None and np.any(w != 0):
         raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
     if labels is not None:
-        labels = labels_array(labels, z.shape[0])
+        labels = labels_array(labels, z.shape[0], model_classes(model))
     guided = labels is not None and bool(np.any(w != 0))
     rng = np.random.default_rng(seed)
     t_batch = np.ones(z.shape[0])

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import pd_fast
 import pd_ref
 from pd_fast import NULL_LABEL, distill_guidance, progressive_distill, train_teacher
 from pd_fast.app.models import ResidualMLP, w_conditioned_from
@@ -149,6 +150,27 @@ def test_conditional_teacher_rejects_bad_labels():
 
 
 # ----- stage 1 and stage 2: one step's loss, by hand --------------------------------------------
+
+
+def test_sampling_a_built_in_network_checks_labels_against_its_classes_before_calling_it():
+    """`sample`, `Sampler` and `teacher_two_step` refuse a label the network does not have with one
+    ValueError before the first call (on a GPU the embedding would fail with a device assert)."""
+    from pd_fast.app.models import build_model
+
+    net = build_model("mlp", (1, 8, 8), param="v", seed=0, num_classes=10, hidden=16, depth=1)
+    z, sched = torch.randn(2, 1, 8, 8), pd_fast.CosineSchedule()
+    calls = []
+    net.register_forward_pre_hook(lambda module, args: calls.append(1))
+    pattern = r"labels must be < 10 \(the model's classes\) or -1, got max 10"
+    with pytest.raises(ValueError, match=pattern):
+        pd_fast.sample(net, z, 2, sched, "v", labels=torch.tensor([3, 10]), w=1.0)
+    with pytest.raises(ValueError, match=pattern):
+        pd_fast.Sampler(net, (1, 8, 8), 2, sched, "v")(z, labels=10)
+    with pytest.raises(ValueError, match=pattern):
+        pd_fast.teacher_two_step(net, z, 1.0, 2, sched, "v", labels=10)
+    assert not calls
+    pd_fast.sample(net, z, 2, sched, "v", labels=torch.tensor([9, -1]), w=1.0)  # in range: fine
+    assert calls
 
 
 def test_stage1_loss_is_the_weighted_error_to_the_guided_teacher(tmp_path):

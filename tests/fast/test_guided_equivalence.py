@@ -348,6 +348,15 @@ def _model(z, t, c=None):
     return z * 0
 
 
+class _TenClasses:
+    """A model that declares its classes, as the built-in networks do (`config["num_classes"]`)."""
+
+    config = {"num_classes": 10}
+
+    def __call__(self, z, t, c=None):
+        return z * 0
+
+
 GUIDED_ERRORS = {
     r"\bw must be >= 0": _both("guided_x_eps", Z, OUT, OUT, 0.6, 0.8, "x", w=-1.0),
     "out_uncond must have shape": _both("ddim_step", Z, OUT, *COS, "x", out_uncond=np.zeros((2, 4)), w=1.0),
@@ -356,6 +365,10 @@ GUIDED_ERRORS = {
     "labels must be an int or of shape": _both("sample", _model, Z, 2, None, "x", labels=np.array([1, 2, 3])),
     "labels must be >= -1": _both("teacher_target", _model, Z, 1.0, 2, None, "x", labels=np.array([0, -3])),
     "sampler must be one of": _both("sample", _model, Z, 2, None, "x", sampler="heun"),
+    r"labels must be < 10 \(the model's classes\) or -1, got max 10": (
+        _both("sample", _TenClasses(), Z, 2, None, "x", labels=np.array([9, 10]))
+        + _both("teacher_target", _TenClasses(), Z, 1.0, 2, None, "x", labels=10, w=1.0)
+    ),
 }
 
 
@@ -366,6 +379,13 @@ def test_bad_guidance_input_raises_the_same_value_error_as_pd_ref(backend, patte
         args = tuple(package.CosineSchedule() if a is None else a for a in args)
         with pytest.raises(ValueError, match=pattern):
             fn(*args, **kwargs)
+
+
+def test_labels_inside_the_declared_classes_pass(backend):
+    """Labels 0..9 and the null label -1 are what a 10-class model takes: no error, both packages."""
+    for fn, args, kwargs in _both("sample", _TenClasses(), Z, 2, None, "x", labels=np.array([9, -1]), w=1.0):
+        package = pd_ref if fn.__module__.startswith("pd_ref") else pd_fast
+        fn(*tuple(package.CosineSchedule() if a is None else a for a in args), **kwargs)
 
 
 def test_float_labels_raise(backend):
