@@ -273,3 +273,18 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> st
     text = [" ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     text.insert(1, " ".join("-" * w for w in widths))
     return "\n".join(text)
+
+
+def write_results(
+    out: Path, name: str, payload: dict[str, Any], draw: Callable[[Path], str | None], wall: float
+) -> None:
+    """Write `out/<name>.json`, then its plot `out/<name>.png` with `draw(path)` (which returns why
+    it drew nothing, or None), and say what was written and how long the benchmark took."""
+    from pd_fast.app.checkpoint import save_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / f"{name}.json", payload)
+    why = draw(out / f"{name}.png")
+    if why:
+        print(f"no plot: {why}")
+    print(f"\nwrote {out / f'{name}.json'}" + ("" if why else f" and {name}.png") + f" in {wall:.1f} s")

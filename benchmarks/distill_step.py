@@ -57,7 +57,6 @@ from torch import nn
 
 import pd_fast
 import pd_ref
-from pd_fast.app.checkpoint import save_json
 from pd_fast.app.models import build_model
 
 IMPLS = ("pd_fast", "eager")
@@ -510,16 +509,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
         "ratios": ratios,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_json(args.out / "distill_step.json", payload)
     title = f"{machine['gpu_name'] or machine['cpu_model']}, {threads} threads, N = {args.steps}"
-    why = plot(rows, ratios, args.out / "distill_step.png", title)
-    if why:
-        print(f"no plot: {why}")
-    print(
-        f"\nwrote {args.out / 'distill_step.json'}"
-        + ("" if why else " and distill_step.png")
-        + f" in {wall:.1f} s"
+    _common.write_results(
+        args.out, "distill_step", payload, lambda path: plot(rows, ratios, path, title), wall
     )
     return payload
 

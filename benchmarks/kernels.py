@@ -39,7 +39,6 @@ import _common
 import torch
 
 import pd_fast
-from pd_fast.app.checkpoint import save_json
 
 OPS = ("step", "loss")
 IMPLS = ("triton", "eager", "compile")
@@ -528,14 +527,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets": targets,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_json(args.out / "kernels.json", payload)
     name = machine["gpu_name"] or machine["cpu_model"]
     title = f"{name} ({device.type}, {threads} threads), batch {args.batch}"
-    why = plot(rows, args.out / "kernels.png", title, args.ops)
-    if why:
-        print(f"no plot: {why}")
-    print(f"\nwrote {args.out / 'kernels.json'}" + ("" if why else " and kernels.png") + f" in {wall:.1f} s")
+    _common.write_results(args.out, "kernels", payload, lambda path: plot(rows, path, title, args.ops), wall)
     return payload
 
 

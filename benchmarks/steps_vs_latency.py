@@ -68,7 +68,6 @@ from torch import nn
 import pd_fast
 import pd_ref
 from pd_fast import _engine
-from pd_fast.app.checkpoint import save_json
 from pd_fast.app.models import ResidualMLP, UNet
 from pd_fast.sampling import step_rule
 
@@ -992,16 +991,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_cpu_us_per_step": overhead["cpu_us_per_step"],
         "overhead_cpu_vs_diffusers": overhead["cpu_vs_diffusers"],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_json(args.out / "steps_vs_latency.json", payload)
     title = f"{machine['gpu_name'] or machine['cpu_model']}, {threads} threads, batch {args.batch}"
-    why = plot(rows, overhead_rows, args.out / "steps_vs_latency.png", title)
-    if why:
-        print(f"no plot: {why}")
-    print(
-        f"\nwrote {args.out / 'steps_vs_latency.json'}"
-        + ("" if why else " and steps_vs_latency.png")
-        + f" in {wall:.1f} s"
+    _common.write_results(
+        args.out, "steps_vs_latency", payload, lambda path: plot(rows, overhead_rows, path, title), wall
     )
     return payload
 
