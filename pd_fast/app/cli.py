@@ -237,6 +237,11 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             raise ValueError(f"--resume: {cfg_path} is not the config.json of a pd_fast run")
         if args.guided and not saved.get("guided"):
             raise ValueError(f"--resume: the run in {out} is not a guided run; drop --guided")
+        extra = [k for k in given if k in GUIDED_KEYS and k not in saved]
+        if extra:
+            raise ValueError(
+                f"--resume: --{extra[0].replace('_', '-')} needs --guided, and the run in {out} is not guided"
+            )
         for k, v in given.items():
             if k in saved and saved[k] != v:
                 raise ValueError(f"--resume: the run in {out} has {k}={saved[k]!r}, this command has {v!r}")
@@ -404,6 +409,22 @@ def _check_teacher(path: str, info: dict[str, Any], settings: dict[str, Any]) ->
         )
 
 
+def _check_teacher_fits(path: str, teacher: torch.nn.Module, config: dict[str, Any], data: Any) -> None:
+    """The teacher takes this run's data (one example through it) and, for a guided run (`config`
+    has num_classes), is conditional on as many classes as the data has."""
+    classes, theirs = config.get("num_classes"), getattr(teacher, "config", {}).get("num_classes")
+    if classes is not None and theirs is None:
+        raise ValueError(f"--teacher {path} is unconditional, and --guided needs a conditional one")
+    if classes is not None and theirs != classes:
+        raise ValueError(f"--teacher {path} has {theirs} classes, and the labels of --data have {classes}")
+    c = torch.zeros(1, dtype=torch.long) if theirs is not None else None
+    try:
+        with torch.no_grad():
+            teacher(data.x[:1], torch.full((1,), 0.5), c)
+    except ValueError as err:
+        raise ValueError(f"--teacher {path} does not take --data {data.name}: {err}") from err
+
+
 def _memory(device: torch.device) -> int:
     """Bytes of memory of `device` (all of it, not what is free)."""
     if device.type == "cuda":
@@ -511,6 +532,12 @@ def validate(args: argparse.Namespace, device: torch.device) -> Job:
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise ValueError(f"--threads must be >= 1, got {threads}")
     _check_out(out, args.resume)
+    guided = bool(settings.get("guided"))
+    if guided and _diffusers_teacher(settings["teacher"]):
+        raise ValueError(
+            f"--teacher {settings['teacher']} is a diffusers pipeline folder, and --guided trains on a "
+            "conditional built-in network: pass a --teacher checkpoint of a --guided run, or none"
+        )
     if _diffusers_teacher(settings["teacher"]):  # a diffusers folder: its own checks, its own run
         _diffusers_inputs(settings)
         _check_memory(settings, (1,), device)
@@ -523,13 +550,14 @@ def validate(args: argparse.Namespace, device: torch.device) -> Job:
         if settings["model"] == "mlp"
         else dict(ch=settings["ch"])
     )
-    guided = bool(settings.get("guided"))
     if guided:
+        from .guided import guided_classes
+
         if data.labels is None:
             raise ValueError(
                 f"--guided needs a labelled data set, and --data {settings['data']} has no labels"
             )
-        kwargs["num_classes"] = int(data.labels.max()) + 1
+        kwargs["num_classes"] = guided_classes(data.labels, settings["data"])
     model = build_model(
         settings["model"], data.shape, param=settings["param"], seed=settings["seed"], **kwargs
     )
@@ -545,6 +573,7 @@ def validate(args: argparse.Namespace, device: torch.device) -> Job:
         except ValueError as err:
             raise ValueError(f"--teacher: {err}") from err
         _check_teacher(path, teacher[1], settings)
+        _check_teacher_fits(path, teacher[0], model.config, data)
     _check_memory(settings, data.shape, device)
     if args.resume:
         from .models import w_conditioned_from

@@ -172,6 +172,8 @@ def load_array(path: str) -> Dataset:
                 keys = list(f.keys())
                 if "x" in keys:
                     arr = f["x"]
+                    if "y" in keys and "labels" in keys:
+                        raise ValueError(f"data: {path} holds both 'y' and 'labels'; keep one of them")
                     for key in ("y", "labels"):
                         if key in keys:
                             labels = np.asarray(f[key])
@@ -189,7 +191,14 @@ def load_array(path: str) -> Dataset:
     lab = None
     if labels is not None:
         if labels.shape != (x.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"data labels must be integers of shape ({x.shape[0]},), got {labels.shape}")
+            raise ValueError(
+                f"data labels must be integers of shape ({x.shape[0]},), got {labels.dtype} of shape "
+                f"{labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int64).max):
+            raise ValueError(
+                f"data labels must be class indices >= 0, got range [{labels.min()}, {labels.max()}]"
+            )
         lab = torch.from_numpy(labels.astype(np.int64))
     return Dataset(torch.from_numpy(x), lab, os.path.basename(path))
 

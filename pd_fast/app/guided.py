@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import time
 from functools import partial
 from typing import Any
@@ -67,13 +68,32 @@ def eval_ws(text: Any) -> list[tuple[str, float]]:
         raise ValueError(f"--eval-w must be a comma-separated list of guidance weights, got {text!r}")
     out: list[tuple[str, float]] = []
     for token in (s.strip() for s in text.split(",")):
-        if not token or not all(ch.isdigit() or ch == "." for ch in token) or token.count(".") > 1:
+        if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", token):
             raise ValueError(f"--eval-w: each weight must be a number >= 0 such as 2 or 0.5, got {token!r}")
         value = float(token)
         if not math.isfinite(value) or any(value == v for _, v in out):
             raise ValueError(f"--eval-w: {token!r} is not finite or given twice")
         out.append((token, value))
     return out
+
+
+def guided_classes(labels: Tensor, name: str) -> int:
+    """The number of classes K of a guided job's labels (integers >= 0); ValueError unless they are
+    0..K-1 with every class present and K >= 2 (evaluation asks the students for every class)."""
+    present = torch.unique(labels.to(torch.int64))
+    if present.numel() < 2:
+        raise ValueError(
+            f"--guided needs at least 2 classes, and the labels of --data {name} hold only {present.tolist()}"
+        )
+    expected = torch.arange(present.numel())
+    gap = (present != expected).nonzero()
+    if gap.numel():
+        first = int(gap[0, 0])
+        raise ValueError(
+            f"--guided needs the labels of --data {name} to be the classes 0..K-1, each present; "
+            f"class {first} is missing (labels run from {int(present[0])} to {int(present[-1])})"
+        )
+    return int(present.numel())
 
 
 def check_guided_settings(s: dict[str, Any]) -> None:
@@ -88,6 +108,11 @@ def check_guided_settings(s: dict[str, Any]) -> None:
         raise ValueError(
             f"--w-min and --w-max must satisfy 0 <= w-min <= w-max, got {s['w_min']}, {s['w_max']}"
         )
+    for key in ("w_min", "w_max"):
+        if abs(s[key]) > torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be finite in float32 (at most 3.4e38), got {s[key]!r}"
+            )
     if s["guidance_lr"] <= 0:
         raise ValueError(f"--guidance-lr must be positive, got {s['guidance_lr']!r}")
     g = s["guidance_iters"]
@@ -124,7 +149,7 @@ def run_guided(
         data = load_data(settings["data"], seed=settings["seed"])
     if data.labels is None:
         raise ValueError(f"--guided needs a labelled data set, and {data.name} has no labels")
-    classes = int(data.labels.max()) + 1
+    classes = guided_classes(data.labels, data.name)
     kwargs = (
         dict(hidden=settings["hidden"], depth=settings["depth"])
         if settings["model"] == "mlp"

@@ -469,6 +469,10 @@ def test_cli_errors_for_a_diffusers_teacher(tmp_path, capsys):
     tiny_unet().save_pretrained(str(tmp_path / "bare"))
     assert main(["--teacher", str(tmp_path / "bare"), "--out", str(tmp_path / "d")]) == 2
     assert "bare UNet2DModel" in capsys.readouterr().err
+    # --guided trains a conditional built-in network: a diffusers teacher is refused, not ignored
+    assert main(base + ["--guided", "--out", str(tmp_path / "e")]) == 2
+    assert "--guided trains on a conditional built-in network" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_benchmark_script_tiny_run(tmp_path, monkeypatch):

@@ -417,6 +417,53 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2_and_write_nothing(
     assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("pd-distill: error:")
 
 
+def test_bad_labels_teachers_and_guided_flags_are_one_line_errors_that_write_nothing(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Labels a guided job cannot use (not 0..K-1, one class, negative, huge, float, two label
+    arrays), teachers that do not fit the data, a float32-infinite --w-max, a bad --eval-w, and
+    guided flags on the resume of an unguided run: each is a one-line error naming its cause."""
+    from pd_fast.app.checkpoint import save_json, save_model_checkpoint
+    from pd_fast.app.data import digits
+    from pd_fast.app.models import ResidualMLP
+
+    d = digits()
+    x, y = d.x[:60].numpy(), d.labels[:60].numpy()
+
+    def npz(name: str, **arrays: np.ndarray) -> str:
+        np.savez(tmp_path / name, x=x, **arrays)
+        return str(tmp_path / name)
+
+    moons_run = tmp_path / "moons_run"  # a teacher of 2-D points, with its run's model.json
+    net = ResidualMLP((2,), hidden=32, depth=1)
+    save_json(moons_run / "model.json", {"model": net.config, "param": "v", "data": "moons"})
+    save_model_checkpoint(moons_run / "checkpoints" / "teacher", net, {"param": "v"})
+    teacher = str(finished / "checkpoints" / "teacher.safetensors")
+    cases = [
+        (["--guided", "--data", npz("y35.npz", y=np.where(y % 2, 3, 5))], "class 0 is missing"),
+        (["--guided", "--data", npz("gap.npz", y=np.where(y == 4, 5, y))], "class 4 is missing"),
+        (["--guided", "--data", npz("one.npz", y=np.zeros_like(y))], "at least 2 classes"),
+        (["--guided", "--data", npz("neg.npz", y=y - 1)], "class indices >= 0, got range [-1, 8]"),
+        (["--data", npz("huge.npz", y=y.astype(np.uint64) + 2**63)], "class indices >= 0"),
+        (["--guided", "--data", npz("float.npz", y=y.astype(np.float32))], "got float32 of shape (60,)"),
+        (["--guided", "--data", npz("both.npz", y=y, labels=y)], "both 'y' and 'labels'"),
+        (["--guided", "--teacher", teacher], "is unconditional, and --guided needs a conditional one"),
+        (["--teacher", str(moons_run / "checkpoints" / "teacher.safetensors")], "does not take --data"),
+        (["--guided", "--w-max", "1e300"], "--w-max must be finite in float32"),
+        (["--guided", "--eval-w", "."], "--eval-w"),
+        (["--guided", "--eval-w", "\u00b2"], "--eval-w"),
+    ]
+    for extra, needle in cases:
+        out = tmp_path / "out"
+        code, err = _cli(capsys, *TINY, "--out", str(out), *extra)
+        assert code == 2, extra
+        _one_line_error(err, needle)
+        assert not out.exists(), extra
+    code, err = _cli(capsys, "--resume", "--out", str(finished), "--p-uncond", "0.5", "--no-progress")
+    assert code == 2
+    _one_line_error(err, "--p-uncond needs --guided", "not guided")
+
+
 def test_a_missing_state_tensors_file_falls_back_or_is_a_one_line_error(
     run_copy: Path, capsys: pytest.CaptureFixture
 ) -> None:
