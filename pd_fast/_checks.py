@@ -93,12 +93,15 @@ def coef(name: str, value: Any, batch: int, device: torch.device) -> torch.Tenso
     return arr.to(device=device, dtype=torch.float64).expand(batch)
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_coefs(
     positive: dict[str, torch.Tensor],
     nonnegative: dict[str, torch.Tensor] | None = None,
     before: tuple[str, str] | None = None,
 ) -> None:
-    """Finite and > 0 (`positive`) or >= 0 (`nonnegative`), and, for `before = (name_s, name_t)`,
+    """Finite (in float32) and > 0 (`positive`) or >= 0 (`nonnegative`), and, for `before = (name_s, name_t)`,
     sigma_s < sigma_t (s < t, seen through sigma, strictly increasing in t). The coefficients are
     (B,) float64 tensors on one device; one min/max reduction over all of them (NaN propagates to
     both) and one host read."""
@@ -115,6 +118,11 @@ def check_coefs(
     for k, name in enumerate(names):
         if not (math.isfinite(low[k]) and math.isfinite(high[k])):
             raise ValueError(f"{name} must be finite, got {named[name].tolist()}")
+        size = max(-low[k], high[k])
+        if size > FLOAT32_MAX:  # the kernels and the guide compute in fp32
+            raise ValueError(
+                f"{name} must be finite in float32 (|{name}| <= {FLOAT32_MAX:.4g}), got {size:.4g}"
+            )
     for k, name in enumerate(names):
         if low[k] <= 0 if name in positive else low[k] < 0:
             relation = "> 0" if name in positive else ">= 0"

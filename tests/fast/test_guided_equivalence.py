@@ -388,6 +388,20 @@ def test_labels_inside_the_declared_classes_pass(backend):
         fn(*tuple(package.CosineSchedule() if a is None else a for a in args), **kwargs)
 
 
+def test_a_guidance_weight_beyond_float32_is_refused_not_turned_into_nan(backend):
+    """pd_fast guides in fp32: a w that float32 cannot hold would make every sample inf or NaN."""
+    z, sched = torch.zeros(2, 3), pd_fast.CosineSchedule()
+    for call in (
+        lambda: pd_fast.sample(_model, z, 2, sched, "x", labels=1, w=1e39),
+        lambda: pd_fast.teacher_two_step(
+            _model, z, 1.0, 2, sched, "x", labels=1, w=torch.tensor([0.0, 1e300], dtype=torch.float64)
+        ),
+        lambda: pd_fast.guided_x_eps(z, z, z, 0.6, 0.8, "x", w=-1e39),
+    ):
+        with pytest.raises(ValueError, match=r"w must be finite in float32"):
+            call()
+
+
 def test_float_labels_raise(backend):
     with pytest.raises(ValueError, match="labels must be integers"):
         pd_fast.sample(_model, torch.zeros(2, 3), 2, pd_fast.CosineSchedule(), "x", labels=torch.zeros(2))
