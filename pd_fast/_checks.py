@@ -19,6 +19,7 @@ import operator
 import weakref
 from typing import Any
 
+import numpy as np
 import torch
 
 PARAMS = ("eps", "x", "v", "both")
@@ -257,19 +258,26 @@ def model_classes(model: Any) -> int | None:
 
 
 def labels_tensor(labels: Any, batch: int, device: torch.device, classes: int | None = None) -> torch.Tensor:
-    """Class labels as an int64 (B,) tensor on `device`: an int (shared by the batch) or an integer
-    tensor of shape () or (B,) on `device` or the CPU; -1 is the null label (docs/spec.md section 8),
-    and with `classes` every other label lies below it. One host sync (the range check)."""
+    """Class labels as an int64 (B,) tensor on `device`: an int (shared by the batch), or integers of
+    shape () or (B,) (a tensor on `device` or the CPU, a NumPy array or a list); -1 is the null
+    label (docs/spec.md section 8), and with `classes` every other label lies below it. One host
+    sync (the range check)."""
     if isinstance(labels, torch.Tensor):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integers (-1 for the null label), got dtype {labels.dtype}")
         if labels.device != device and labels.device.type != "cpu":
             raise ValueError(f"labels is on {labels.device} but the data is on {device}: use one device")
         arr = labels.detach()
-    elif isinstance(labels, bool) or not isinstance(labels, int):
-        raise ValueError(f"labels must be an int or an integer tensor, got {type(labels).__name__}")
-    else:
-        arr = torch.tensor(labels)
+    else:  # an int, a NumPy integer or an integer array / list, as pd_ref takes them
+        values = np.asarray(labels) if not isinstance(labels, (str, bytes)) else np.asarray(None)
+        if values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(
+                f"labels must be an int or integers (-1 for the null label), got {type(labels).__name__} "
+                f"of dtype {values.dtype}"
+            )
+        if values.size and values.dtype.kind == "u" and values.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"labels must fit in int64, got max {values.max()}")
+        arr = torch.from_numpy(values.astype(np.int64))
     if arr.ndim == 0:
         arr = arr.expand(batch)
     elif tuple(arr.shape) != (batch,):

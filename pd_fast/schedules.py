@@ -28,6 +28,16 @@ LOG_FLOAT64_MAX = math.log(torch.finfo(torch.float64).max)  # ~709.78: exp() of 
 ENDPOINT_RTOL = 1e-6
 
 
+def _real(name: str, value: Any) -> float:
+    """`value` as a float; ValueError unless it is one real number (bool and str are not)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a real number, got {value!r}") from err
+
+
 class CosineSchedule:
     """The cosine schedule of [PD] (official `dpm.py`): `lambda(t) = -2 log tan(a t + b)`.
 
@@ -37,6 +47,7 @@ class CosineSchedule:
     """
 
     def __init__(self, logsnr_min: float = -20.0, logsnr_max: float = 20.0) -> None:
+        logsnr_min, logsnr_max = _real("logsnr_min", logsnr_min), _real("logsnr_max", logsnr_max)
         if not (math.isfinite(logsnr_min) and math.isfinite(logsnr_max)):
             raise ValueError("logsnr_min and logsnr_max must be finite")
         if not logsnr_min < logsnr_max:
@@ -50,6 +61,11 @@ class CosineSchedule:
         self.logsnr_max = float(logsnr_max)
         self.b = math.atan(math.exp(-0.5 * self.logsnr_max))
         self.a = math.atan(math.exp(-0.5 * self.logsnr_min)) - self.b
+        if not self.a > 0:
+            raise ValueError(
+                f"logsnr_min ({logsnr_min}) and logsnr_max ({logsnr_max}) are too close for float64 "
+                "to tell their times apart"
+            )
         for t, name, want in ((1.0, "logsnr_min", self.logsnr_min), (0.0, "logsnr_max", self.logsnr_max)):
             tan = math.tan(self.a * t + self.b)
             got = -2.0 * math.log(tan) if tan > 0 else math.inf

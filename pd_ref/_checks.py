@@ -116,6 +116,8 @@ def labels_array(labels: Any, batch: int, classes: int | None = None) -> np.ndar
         arr = np.full(batch, arr.item())
     elif arr.shape != (batch,):
         raise ValueError(f"labels must be an int or of shape ({batch},) (the batch), got shape {arr.shape}")
+    if arr.size and arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"labels must fit in int64, got max {arr.max()}")
     if np.any(arr < -1):
         raise ValueError(f"labels must be >= -1 (-1 is the null label), got min {arr.min()}")
     if classes is not None and np.any(arr >= classes):

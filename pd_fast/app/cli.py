@@ -61,7 +61,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -107,8 +107,15 @@ SEED_MAX = 2**32 - 1  # scikit-learn's data sets take seeds below 2^32
 LOCK_FILE = "run.lock"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a flag it cannot parse reported as one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pd-distill",
         description="Progressive distillation (Salimans & Ho, 2022) end to end: train a teacher, distill it "
         "down to a few sampling steps, and evaluate every step count against the data.",

@@ -145,6 +145,8 @@ def _check_w(z: Tensor, w: Tensor | float) -> Tensor:
         raise ValueError(
             f"w must be a float or of shape ({z.shape[0]},) (the batch of z), got {tuple(w.shape)}"
         )
+    if w.device.type == "cpu" and not bool((torch.isfinite(w) & (w >= 0)).all()):
+        raise ValueError(f"w must be finite and >= 0, got {w.tolist()}")
     return w
 
 

@@ -464,6 +464,15 @@ def test_bad_labels_teachers_and_guided_flags_are_one_line_errors_that_write_not
     _one_line_error(err, "--p-uncond needs --guided", "not guided")
 
 
+def test_a_flag_argparse_cannot_parse_is_one_line_too(capsys: pytest.CaptureFixture) -> None:
+    for argv in (["--p-uncond", "abc"], ["--iters", "1.5"], ["--no-such-flag"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
+        _one_line_error(capsys.readouterr().err, argv[0], "--help lists the flags")
+
+
 def test_a_missing_state_tensors_file_falls_back_or_is_a_one_line_error(
     run_copy: Path, capsys: pytest.CaptureFixture
 ) -> None:

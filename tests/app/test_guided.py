@@ -173,6 +173,15 @@ def test_sampling_a_built_in_network_checks_labels_against_its_classes_before_ca
     assert calls
 
 
+def test_a_w_conditioned_network_refuses_a_nan_or_negative_w_on_the_cpu():
+    net = w_conditioned_from(ResidualMLP((1, 8, 8), hidden=16, depth=1, num_classes=10))
+    z, t, c = torch.zeros(2, 1, 8, 8), torch.full((2,), 0.5), torch.tensor([1, 2])
+    for w in (float("nan"), -1.0, torch.tensor([0.5, float("inf")])):
+        with pytest.raises(ValueError, match="w must be finite and >= 0"):
+            net(z, t, c, w)
+    assert torch.isfinite(net(z, t, c, torch.tensor([0.0, 4.0]))).all()
+
+
 def test_stage1_loss_is_the_weighted_error_to_the_guided_teacher(tmp_path):
     """The logged loss of stage 1's first iteration equals the loss computed from the student's
     recorded inputs with pd_ref: x_tilde = pd_ref.guided_x_eps of the teacher's outputs with the

@@ -551,6 +551,12 @@ def test_schedule_value_errors_match_pd_ref():
             pkg.CosineSchedule(-100.0, 20.0)
         with pytest.raises(ValueError, match=r"logsnr_max=1500.0 is beyond .* lambda\(0\) evaluates to inf"):
             pkg.CosineSchedule(-20.0, 1500.0)
+        for bound in ("a", None, 1j, False, np.array([1.0, 2.0])):
+            with pytest.raises(ValueError, match="logsnr_min must be a real number"):
+                pkg.CosineSchedule(bound, 30.0)
+        with pytest.raises(ValueError, match="too close for float64"):
+            pkg.CosineSchedule(0.0, 1e-17)  # t_from_logsnr would divide by a = 0
+        assert pkg.CosineSchedule(np.float32(-5), np.int64(5)).logsnr_max == 5.0
         with pytest.raises(ValueError, match="kind"):
             pkg.DiscreteSchedule.from_betas("cubic")
         with pytest.raises(ValueError, match="num_train_timesteps"):

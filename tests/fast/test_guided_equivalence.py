@@ -402,6 +402,50 @@ def test_a_guidance_weight_beyond_float32_is_refused_not_turned_into_nan(backend
             call()
 
 
+def test_labels_as_numpy_integers_and_lists_are_taken_as_pd_ref_takes_them(backend):
+    """An np.int64, a list and an int64 array give the samples of the same labels as a tensor, in
+    both packages; an integer beyond int64 is refused naming labels."""
+    z = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    sched = pd_fast.CosineSchedule()
+
+    def model(z, t, c):
+        return z * 0.5 + c[:, None].to(z.dtype) * 0.1
+
+    want = pd_fast.sample(model, z, 2, sched, "x", labels=torch.tensor([4, 4, 4]), w=1.0)
+    for labels in (np.int64(4), [4, 4, 4], np.array([4, 4, 4])):
+        got = pd_fast.sample(model, z, 2, sched, "x", labels=labels, w=1.0)
+        assert torch.equal(got, want)
+        ref = pd_ref.sample(
+            lambda z, t, c: z * 0.5 + c[:, None] * 0.1,
+            z.double().numpy(),
+            2,
+            pd_ref.CosineSchedule(),
+            "x",
+            labels=labels,
+            w=1.0,
+        )
+        np.testing.assert_allclose(ref, want.double().numpy(), rtol=1e-5, atol=1e-6)
+    for pkg, zz in ((pd_fast, z), (pd_ref, z.numpy())):
+        with pytest.raises(ValueError, match="labels"):
+            pkg.sample(
+                model if pkg is pd_fast else (lambda z, t, c: z),
+                zz,
+                2,
+                pkg.CosineSchedule(),
+                "x",
+                labels=2**70,
+            )
+        with pytest.raises(ValueError, match="labels must fit in int64"):
+            pkg.sample(
+                model if pkg is pd_fast else (lambda z, t, c: z),
+                zz,
+                2,
+                pkg.CosineSchedule(),
+                "x",
+                labels=np.array([2**63 + 1, 0, 0], dtype=np.uint64),
+            )
+
+
 def test_float_labels_raise(backend):
     with pytest.raises(ValueError, match="labels must be integers"):
         pd_fast.sample(_model, torch.zeros(2, 3), 2, pd_fast.CosineSchedule(), "x", labels=torch.zeros(2))
