@@ -425,25 +425,11 @@ def test_labels_as_numpy_integers_and_lists_are_taken_as_pd_ref_takes_them(backe
             w=1.0,
         )
         np.testing.assert_allclose(ref, want.double().numpy(), rtol=1e-5, atol=1e-6)
-    for pkg, zz in ((pd_fast, z), (pd_ref, z.numpy())):
-        with pytest.raises(ValueError, match="labels"):
-            pkg.sample(
-                model if pkg is pd_fast else (lambda z, t, c: z),
-                zz,
-                2,
-                pkg.CosineSchedule(),
-                "x",
-                labels=2**70,
-            )
-        with pytest.raises(ValueError, match="labels must fit in int64"):
-            pkg.sample(
-                model if pkg is pd_fast else (lambda z, t, c: z),
-                zz,
-                2,
-                pkg.CosineSchedule(),
-                "x",
-                labels=np.array([2**63 + 1, 0, 0], dtype=np.uint64),
-            )
+    too_big = {"labels": 2**70, "labels must fit in int64": np.array([2**63 + 1, 0, 0], dtype=np.uint64)}
+    for pkg, zz, net in ((pd_fast, z, model), (pd_ref, z.numpy(), lambda z, t, c: z)):
+        for pattern, labels in too_big.items():
+            with pytest.raises(ValueError, match=pattern):
+                pkg.sample(net, zz, 2, pkg.CosineSchedule(), "x", labels=labels)
 
 
 def test_float_labels_raise(backend):
