@@ -234,7 +234,7 @@ class ResidualMLP(nn.Module):
                 f"z must have shape (B, {', '.join(map(str, self.shape))}), got {tuple(z.shape)}"
             )
         emb = _embed(self, z, t, c, w)
-        h = self.inp(z.reshape(z.shape[0], -1))
+        h = self.inp(z.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
         return self.out(F.silu(self.norm(h))).reshape((z.shape[0],) + self.out_shape)

@@ -182,6 +182,19 @@ def test_a_w_conditioned_network_refuses_a_nan_or_negative_w_on_the_cpu():
     assert torch.isfinite(net(z, t, c, torch.tensor([0.0, 4.0]))).all()
 
 
+def test_an_empty_batch_samples_to_an_empty_batch_with_the_built_in_networks():
+    """As with any model: no examples in, none out (the MLP used to fail reshaping 0 elements)."""
+    from pd_fast.app.models import build_model
+
+    for kind, kwargs in (("mlp", dict(hidden=16, depth=1)), ("unet", dict(ch=8))):
+        net = build_model(kind, (1, 8, 8), param="v", seed=0, num_classes=10, **kwargs)
+        labels = torch.zeros(0, dtype=torch.long)
+        out = pd_fast.sample(
+            net, torch.zeros(0, 1, 8, 8), 2, pd_fast.CosineSchedule(), "v", labels=labels, w=1.0
+        )
+        assert out.shape == (0, 1, 8, 8)
+
+
 def test_stage1_loss_is_the_weighted_error_to_the_guided_teacher(tmp_path):
     """The logged loss of stage 1's first iteration equals the loss computed from the student's
     recorded inputs with pd_ref: x_tilde = pd_ref.guided_x_eps of the teacher's outputs with the
