@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._checks import batch_times, like, per_example, same_shape, tensor, times
@@ -36,6 +37,14 @@ def _real(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be a real number, got {value!r}") from err
+
+
+def _beta(name: str, value: Any) -> float:
+    """A beta of `from_betas` as a float in (0, 1); ValueError naming it otherwise."""
+    beta = _real(name, value)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return beta
 
 
 class CosineSchedule:
@@ -131,9 +140,14 @@ class DiscreteSchedule:
 
     def __init__(self, alphas_cumprod: Any) -> None:
         if isinstance(alphas_cumprod, torch.Tensor):
+            if alphas_cumprod.is_complex() or alphas_cumprod.dtype == torch.bool:
+                raise ValueError(f"alphas_cumprod must be real numbers, got dtype {alphas_cumprod.dtype}")
             acp = alphas_cumprod.detach().to(device="cpu", dtype=torch.float64)
         else:
-            acp = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+            values = np.asarray(alphas_cumprod) if alphas_cumprod is not None else np.asarray(None)
+            if values.dtype.kind not in "iuf":
+                raise ValueError(f"alphas_cumprod must be real numbers, got {type(alphas_cumprod).__name__}")
+            acp = torch.from_numpy(values.astype(np.float64))
         if acp.ndim != 1 or acp.shape[0] < 1:
             raise ValueError(f"alphas_cumprod must be 1-D and non-empty, got shape {tuple(acp.shape)}")
         if not bool(torch.isfinite(acp).all()) or bool((acp <= 0).any()) or bool((acp >= 1).any()):
@@ -160,6 +174,8 @@ class DiscreteSchedule:
             raise ValueError(f"num_train_timesteps must be an integer >= 1, got {T!r}")
         T = int(T)
         f64 = torch.float64
+        if kind in ("linear", "scaled_linear"):
+            beta_start, beta_end = _beta("beta_start", beta_start), _beta("beta_end", beta_end)
         if kind == "linear":
             betas = torch.linspace(beta_start, beta_end, T, dtype=f64)
         elif kind == "scaled_linear":

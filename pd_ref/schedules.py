@@ -31,6 +31,14 @@ def _real(name: str, value: Any) -> float:
         raise ValueError(f"{name} must be a real number, got {value!r}") from err
 
 
+def _beta(name: str, value: Any) -> float:
+    """A beta of `from_betas` as a float in (0, 1); ValueError naming it otherwise."""
+    beta = _real(name, value)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return beta
+
+
 class CosineSchedule:
     """The cosine schedule of [PD] (official `dpm.py`): `lambda(t) = -2 log tan(a t + b)`.
 
@@ -108,7 +116,10 @@ class DiscreteSchedule:
     """
 
     def __init__(self, alphas_cumprod: Any) -> None:
-        acp = np.asarray(alphas_cumprod, dtype=np.float64)
+        values = np.asarray(alphas_cumprod) if alphas_cumprod is not None else np.asarray(None)
+        if values.dtype.kind not in "iuf":
+            raise ValueError(f"alphas_cumprod must be real numbers, got {type(alphas_cumprod).__name__}")
+        acp = values.astype(np.float64)
         if acp.ndim != 1 or acp.shape[0] < 1:
             raise ValueError(f"alphas_cumprod must be 1-D and non-empty, got shape {acp.shape}")
         if not np.all(np.isfinite(acp)) or np.any(acp <= 0) or np.any(acp >= 1):
@@ -133,6 +144,8 @@ class DiscreteSchedule:
         T = num_train_timesteps
         if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
             raise ValueError(f"num_train_timesteps must be an integer >= 1, got {T!r}")
+        if kind in ("linear", "scaled_linear"):
+            beta_start, beta_end = _beta("beta_start", beta_start), _beta("beta_end", beta_end)
         if kind == "linear":
             betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
         elif kind == "scaled_linear":

@@ -557,6 +557,14 @@ def test_schedule_value_errors_match_pd_ref():
         with pytest.raises(ValueError, match="too close for float64"):
             pkg.CosineSchedule(0.0, 1e-17)  # t_from_logsnr would divide by a = 0
         assert pkg.CosineSchedule(np.float32(-5), np.int64(5)).logsnr_max == 5.0
+        for acp in ([0.9 + 1j, 0.5], None, ["a", "b"], np.array([True, False])):
+            with pytest.raises(ValueError, match="alphas_cumprod must be real numbers"):
+                pkg.DiscreteSchedule(acp)
+        for name, value in (("beta_start", -1e-4), ("beta_start", float("nan")), ("beta_end", 1.5)):
+            with pytest.raises(ValueError, match=f"{name} must lie in \\(0, 1\\)"):
+                pkg.DiscreteSchedule.from_betas("scaled_linear", 10, **{name: value})
+        with pytest.raises(ValueError, match="beta_start must be a real number"):
+            pkg.DiscreteSchedule.from_betas("linear", 10, beta_start="0.1")
         with pytest.raises(ValueError, match="kind"):
             pkg.DiscreteSchedule.from_betas("cubic")
         with pytest.raises(ValueError, match="num_train_timesteps"):
