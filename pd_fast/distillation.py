@@ -189,9 +189,10 @@ def teacher_two_step(
     `sigma_tpp = 0`, so that `two_step_target` (and `fused_distill_loss`) give that x_hat exactly.
     z_t: (B, ...); t: float, 0-d or (B,), each on the grid i/N (float32 t is snapped to the nearest
     grid point); the teacher sees t in z_t's dtype.
-    Guided teacher (docs/spec.md section 8): with `labels` (an int or an integer (B,) tensor) the
-    teacher is called `teacher(z, t, labels)`, and, if some w > 0, also `teacher(z, t, null)`; both
-    steps (and the final x_hat) use the guided prediction with weight `w` (float, 0-d or (B,), >= 0).
+    Guided teacher (docs/spec.md section 8): with `labels` (an int, or integers (B,): a tensor, a NumPy
+    array or a list) the teacher is called `teacher(z, t, labels)`, and, if some w > 0, also `teacher(z,
+    t, null)`; both steps (and the final x_hat) use the guided prediction with weight `w` (float, 0-d or
+    (B,), >= 0).
     """
     z_tpp, alpha_tpp, sigma_tpp, _, _ = _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels, w)
     return z_tpp, alpha_tpp, sigma_tpp

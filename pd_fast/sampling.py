@@ -307,10 +307,10 @@ def sample(
     as one fused step; the last step deterministic), or "dpmpp_2m", DPM-Solver++(2M) ([DPM++]
     Algorithm 2, `dpmpp_2m_coefs`; first step first order, the last x_hat; on the Triton path the
     term in the previous x_hat is a torch pass after the fused step).
-    Conditional models (docs/spec.md section 8): with `labels` (an int, or an integer (B,) tensor)
-    the model is called `model(z, t, labels)`, and, if some w > 0, also `model(z, t, null)` with
-    labels `NULL_LABEL` = -1; the steps then use the guided prediction with weight `w` (float, 0-d
-    or (B,), >= 0).
+    Conditional models (docs/spec.md section 8): with `labels` (an int, or integers (B,): a tensor, a
+    NumPy array or a list) the model is called `model(z, t, labels)`, and, if some w > 0, also `model(z,
+    t, null)` with labels `NULL_LABEL` = -1; the steps then use the guided prediction with weight `w`
+    (float, 0-d or (B,), >= 0).
 
     model(z, t) takes t, a (B,) tensor in z's dtype, and returns a tensor of z's dtype and device
     (shape as `predict_x_eps` wants). `seed` seeds a `torch.Generator` on z's device for the noise of
