@@ -27,6 +27,7 @@ from ._backend import backend_for
 from ._checks import (
     FLOAT_DTYPES,
     check_coefs,
+    check_takes_labels,
     coef,
     labels_tensor,
     like,
@@ -357,6 +358,8 @@ def guide_for(labels: Any, w: Any, z: torch.Tensor, model: Any = None) -> Guide 
         if guided:
             raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
         return None
+    if model is not None:
+        check_takes_labels(model)
     labels = labels_tensor(labels, batch, device, model_classes(model))
     w = w.to(torch.float32).contiguous() if guided else None
     return Guide(labels, torch.full_like(labels, NULL_LABEL), w)

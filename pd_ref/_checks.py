@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,21 @@ def steps_count(steps: Any) -> int:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return int(steps)
+
+
+def check_takes_labels(model: Any) -> None:
+    """ValueError when `model` visibly cannot be called `model(z, t, labels)` (its signature
+    binds no third argument); models whose signature cannot be read are let through."""
+    try:
+        signature = inspect.signature(model)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise ValueError(
+            "labels given, but the model takes no labels: a conditional model is called model(z, t, labels)"
+        ) from None
 
 
 def model_classes(model: Any) -> int | None:

@@ -10,6 +10,7 @@ import numpy as np
 from ._checks import (
     as_array,
     before,
+    check_takes_labels,
     coef,
     labels_array,
     model_classes,
@@ -84,6 +85,7 @@ def teacher_target(
     if labels is None and np.any(w != 0):
         raise ValueError("w > 0 needs labels: guidance combines the teacher with and without them")
     if labels is not None:
+        check_takes_labels(teacher)
         labels = labels_array(labels, batch, model_classes(teacher))
     guided = labels is not None and bool(np.any(w != 0))
     t = np.broadcast_to(times("t", t), (batch,)).astype(np.float64)

@@ -12,6 +12,7 @@ import numpy as np
 from ._checks import (
     as_array,
     before,
+    check_takes_labels,
     coef,
     labels_array,
     model_classes,
@@ -214,6 +215,7 @@ def sample(
     if labels is None and np.any(w != 0):
         raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
     if labels is not None:
+        check_takes_labels(model)
         labels = labels_array(labels, z.shape[0], model_classes(model))
     guided = labels is not None and bool(np.any(w != 0))
     rng = np.random.default_rng(seed)

@@ -348,6 +348,10 @@ def _model(z, t, c=None):
     return z * 0
 
 
+def _unconditional(z, t):
+    return z * 0
+
+
 class _TenClasses:
     """A model that declares its classes, as the built-in networks do (`config["num_classes"]`)."""
 
@@ -365,6 +369,10 @@ GUIDED_ERRORS = {
     "labels must be an int or of shape": _both("sample", _model, Z, 2, None, "x", labels=np.array([1, 2, 3])),
     "labels must be >= -1": _both("teacher_target", _model, Z, 1.0, 2, None, "x", labels=np.array([0, -3])),
     "sampler must be one of": _both("sample", _model, Z, 2, None, "x", sampler="heun"),
+    "labels given, but the model takes no labels": (
+        _both("sample", _unconditional, Z, 2, None, "x", labels=1)
+        + _both("teacher_target", _unconditional, Z, 1.0, 2, None, "x", labels=np.array([0, 1]), w=1.0)
+    ),
     r"labels must be < 10 \(the model's classes\) or -1, got max 10": (
         _both("sample", _TenClasses(), Z, 2, None, "x", labels=np.array([9, 10]))
         + _both("teacher_target", _TenClasses(), Z, 1.0, 2, None, "x", labels=10, w=1.0)
