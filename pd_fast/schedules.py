@@ -202,7 +202,7 @@ class DiscreteSchedule:
         pos = t * self.num_train_timesteps
         k = torch.clamp(torch.floor(pos), max=self.num_train_timesteps - 1).long()
         frac = pos - k
-        return values[k] + frac * (values[k + 1] - values[k])
+        return (1.0 - frac) * values[k] + frac * values[k + 1]  # exact at the grid points
 
     def logsnr(self, t: Any) -> torch.Tensor:
         """`lambda(t) = log(alpha_bar / (1 - alpha_bar))`; +inf at t = 0."""

@@ -577,6 +577,16 @@ def test_schedule_value_errors_match_pd_ref():
             pkg.loss_weight(0.5, 0.0, "snr")
 
 
+def test_discrete_alpha_bar_is_exactly_alphas_cumprod_on_the_grid():
+    """Piecewise-linear through (k/T, alphas_cumprod[k-1]): the grid points give the values back
+    bit for bit, however small (a difference form lost 1e-300 next to 0.5)."""
+    acp = np.array([0.9, 0.5, 1e-300])
+    for sched in (pd_fast.DiscreteSchedule(acp), pd_ref.DiscreteSchedule(acp)):
+        t = np.arange(4) / 3.0
+        got = sched.alpha_bar(torch.tensor(t) if isinstance(sched, pd_fast.DiscreteSchedule) else t)
+        assert np.asarray(got).tolist() == [1.0, 0.9, 0.5, 1e-300]
+
+
 def test_the_widest_accepted_cosine_schedule_keeps_its_endpoints():
     """At the edges the endpoint check allows, lambda(0) and lambda(1) are what was asked for, and
     alpha_1 = sqrt(sigmoid(logsnr_min)) (closed form) to 1e-5 relative."""
