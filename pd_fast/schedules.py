@@ -202,7 +202,8 @@ class DiscreteSchedule:
         pos = t * self.num_train_timesteps
         k = torch.clamp(torch.floor(pos), max=self.num_train_timesteps - 1).long()
         frac = pos - k
-        return (1.0 - frac) * values[k] + frac * values[k + 1]  # exact at the grid points
+        # as np.interp: a + f (b - a), and the last point itself at t = 1 (where f = 1 would round)
+        return torch.where(frac == 1.0, values[k + 1], values[k] + frac * (values[k + 1] - values[k]))
 
     def logsnr(self, t: Any) -> torch.Tensor:
         """`lambda(t) = log(alpha_bar / (1 - alpha_bar))`; +inf at t = 0."""
