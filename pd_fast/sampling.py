@@ -27,11 +27,10 @@ from ._backend import backend_for
 from ._checks import (
     FLOAT_DTYPES,
     check_coefs,
-    check_takes_labels,
     coef,
+    label_rules,
     labels_tensor,
     like,
-    model_classes,
     out_matches,
     param_name,
     same_shape,
@@ -344,10 +343,12 @@ def sample(
     return loop(model, z, steps_plan, param, clip, generator, backend, progress, guide=guide)
 
 
-def guide_for(labels: Any, w: Any, z: torch.Tensor, model: Any = None) -> Guide | None:
+def guide_for(
+    labels: Any, w: Any, z: torch.Tensor, model: Any = None, rules: tuple[bool, int | None] | None = None
+) -> Guide | None:
     """How `sample` calls the model (docs/spec.md section 8): None without labels; with labels, the
     w of the guided steps, or None in place of w when every w is 0 (one call per step). Labels are
-    checked against the classes `model` declares (`model.config["num_classes"]`), if any."""
+    checked against `rules`, the model's `label_rules` (worked out from `model` when None)."""
     if labels is None and not isinstance(w, torch.Tensor) and w == 0:
         return None  # unconditional: no checks, no host sync
     batch, device = z.shape[0], z.device
@@ -358,9 +359,12 @@ def guide_for(labels: Any, w: Any, z: torch.Tensor, model: Any = None) -> Guide 
         if guided:
             raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
         return None
-    if model is not None:
-        check_takes_labels(model)
-    labels = labels_tensor(labels, batch, device, model_classes(model))
+    takes, classes = rules if rules is not None else label_rules(model)
+    if not takes:
+        raise ValueError(
+            "labels given, but the model takes no labels: a conditional model is called model(z, t, labels)"
+        )
+    labels = labels_tensor(labels, batch, device, classes)
     w = w.to(torch.float32).contiguous() if guided else None
     return Guide(labels, torch.full_like(labels, NULL_LABEL), w)
 
@@ -424,6 +428,7 @@ class Sampler:
         self.model, self.schedule, self.clip, self.dtype = model, schedule_arg(schedule), bool(clip), dtype
         self.cuda_graph = bool(cuda_graph)
         self.rule = step_rule(sampler, _eta(eta), _variance(variance), self.steps, self.schedule)
+        self.label_rules = label_rules(model)  # what labels the model takes: worked out once
         self._plans: dict[tuple[int, str], Any] = {}  # (batch, backend) -> Plan or CapturedLoop
 
     def _prepared(self, z: torch.Tensor, backend: str, guide: Guide | None) -> Any:
@@ -467,7 +472,7 @@ class Sampler:
             raise ValueError(f"z has dtype {z.dtype} but the sampler runs in {self.dtype}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        guide = guide_for(labels, w, z, self.model)
+        guide = guide_for(labels, w, z, rules=self.label_rules)
         backend = backend_for(z)
         prepared = self._prepared(z, backend, guide)
         if not self.cuda_graph:

@@ -144,7 +144,10 @@ class DiscreteSchedule:
                 raise ValueError(f"alphas_cumprod must be real numbers, got dtype {alphas_cumprod.dtype}")
             acp = alphas_cumprod.detach().to(device="cpu", dtype=torch.float64)
         else:
-            values = np.asarray(alphas_cumprod) if alphas_cumprod is not None else np.asarray(None)
+            try:
+                values = np.asarray(alphas_cumprod)
+            except ValueError:  # a ragged list
+                values = np.asarray(None)
             if values.dtype.kind not in "iuf":
                 raise ValueError(f"alphas_cumprod must be real numbers, got {type(alphas_cumprod).__name__}")
             acp = torch.from_numpy(values.astype(np.float64))

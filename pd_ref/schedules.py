@@ -116,7 +116,10 @@ class DiscreteSchedule:
     """
 
     def __init__(self, alphas_cumprod: Any) -> None:
-        values = np.asarray(alphas_cumprod) if alphas_cumprod is not None else np.asarray(None)
+        try:
+            values = np.asarray(alphas_cumprod)
+        except ValueError:  # a ragged list
+            values = np.asarray(None)
         if values.dtype.kind not in "iuf":
             raise ValueError(f"alphas_cumprod must be real numbers, got {type(alphas_cumprod).__name__}")
         acp = values.astype(np.float64)

@@ -169,6 +169,10 @@ def test_sampling_a_built_in_network_checks_labels_against_its_classes_before_ca
     with pytest.raises(ValueError, match=pattern):
         pd_fast.teacher_two_step(net, z, 1.0, 2, sched, "v", labels=10)
     assert not calls
+    with pytest.raises(ValueError, match="the model takes no labels"):  # a Sampler knows its model's rules
+        pd_fast.Sampler(lambda z, t: z * 0, (1, 8, 8), 2, sched, "v")(z, labels=1)
+    with pytest.raises(ValueError, match="labels must be an int or integers"):
+        pd_fast.sample(net, z, 2, sched, "v", labels=[[1], [2, 3]])
     pd_fast.sample(net, z, 2, sched, "v", labels=torch.tensor([9, -1]), w=1.0)  # in range: fine
     assert calls
 

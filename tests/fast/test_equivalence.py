@@ -557,7 +557,7 @@ def test_schedule_value_errors_match_pd_ref():
         with pytest.raises(ValueError, match="too close for float64"):
             pkg.CosineSchedule(0.0, 1e-17)  # t_from_logsnr would divide by a = 0
         assert pkg.CosineSchedule(np.float32(-5), np.int64(5)).logsnr_max == 5.0
-        for acp in ([0.9 + 1j, 0.5], None, ["a", "b"], np.array([True, False])):
+        for acp in ([0.9 + 1j, 0.5], None, ["a", "b"], np.array([True, False]), [[0.9], [0.5, 0.1]]):
             with pytest.raises(ValueError, match="alphas_cumprod must be real numbers"):
                 pkg.DiscreteSchedule(acp)
         for name, value in (("beta_start", -1e-4), ("beta_start", float("nan")), ("beta_end", 1.5)):
