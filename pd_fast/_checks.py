@@ -254,7 +254,7 @@ def label_rules(model: Any) -> tuple[bool, int | None]:
     """What `model` allows as labels: whether it can be called `model(z, t, labels)` (False only
     when its signature visibly binds no third argument; True when it cannot be read), and the
     number of classes it declares (`model.config["num_classes"]`, as the built-in networks do) or
-    None. About 20 us (`inspect.signature`): a `Sampler` works it out once."""
+    None. `inspect.signature` costs tens of microseconds: a `Sampler` works it out once."""
     takes = True
     try:
         signature = inspect.signature(model)
