@@ -1,5 +1,5 @@
-"""The main job's outputs: the printed tables, `samples.npz`, the quality-vs-steps plot and the
-sample grid (`report.json` is written with `pd_fast.app.checkpoint.save_json`). matplotlib is
+"""The jobs' outputs: the printed tables, `samples.npz`, the quality-vs-steps plot and the
+sample grids (`report.json` is written with `pd_fast.app.checkpoint.save_json`). matplotlib is
 imported inside the plotting functions only (Agg backend, no display)."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 from torch import Tensor
+
+from .targets import EVAL_STEPS, TEACHER_STEPS, find_row
 
 
 def _with_interval(value: float | None, interval: list[float] | None) -> str:
@@ -397,6 +399,108 @@ def plot_samples(
             ax.set_title(name, fontsize=9)
     else:
         return False
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ----- the guided job ----------------------------------------------------------------------------
+
+
+def format_guided_table(report: dict[str, Any]) -> str:
+    """One line per (model, sampler, N), one column group (FD, accuracy, precision / recall) per w."""
+    rows, ws = report["rows"], report["ws"]
+    keys = sorted({(r["model"], r["sampler"], r["steps"]) for r in rows}, key=lambda k: (k[0], k[1], -k[2]))
+    head = f"{'model':<22}" + "".join(f" | w={w:<4} FD     acc    P / R    " for w in ws)
+    data = report.get("precision_recall_data")
+    title = f"{report['metric']} (floor {report['floor']:.4g}), class accuracy, k-NN precision / recall"
+    if data:
+        title += f" (k = {data['k']}; data vs data {data['precision']:.2f} / {data['recall']:.2f})"
+    lines = [title, head, "-" * len(head)]
+    for model, sampler, steps in keys:
+        cells = []
+        for w in ws:
+            r = find_row(rows, model, sampler, steps, w)
+            pr = "-" if r is None or r.get("recall") is None else f"{r['precision']:.2f}/{r['recall']:.2f}"
+            cells.append(f" | {r['frechet']:9.4g} {r['accuracy']:6.3f} {pr:>9} " if r else " | " + " " * 27)
+        lines.append(f"{f'{model} {sampler} N={steps}':<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def format_guided_memorisation(report: dict[str, Any]) -> str | None:
+    """The memorisation check of every row, one line per (model, sampler, N), a column per w; None
+    when the report has none."""
+    ref, rows, ws = report.get("memorisation"), report["rows"], report["ws"]
+    if ref is None:
+        return None
+    keys = sorted({(r["model"], r["sampler"], r["steps"]) for r in rows}, key=lambda k: (k[0], k[1], -k[2]))
+    lines = [
+        f"memorisation ({ref['space']}): median nearest-training-example distance / held-out's "
+        f"({ref['held_out_median']:.3g}, leave-one-out over {ref['training_examples']} examples), and the "
+        "fraction of samples closer than held-out's 1st percentile (about 0.01 if nothing is copied)",
+        f"{'model':<22}" + "".join(f" | w={w:<10}" for w in ws),
+    ]
+    lines.append("-" * len(lines[1]))
+    for model, sampler, steps in keys:
+        cells = []
+        for w in ws:
+            m = (find_row(rows, model, sampler, steps, w) or {}).get("memorisation")
+            ok = m is not None and m["median_ratio"] is not None
+            cells.append(
+                f" | {m['median_ratio']:.3f}, {m['below_held_out_p01']:.3f}" if ok else " | -" + " " * 11
+            )
+        lines.append(f"{f'{model} {sampler} N={steps}':<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_guided_samples(path: str, samples: dict[str, tuple[Tensor, Tensor]]) -> None:
+    """The scored samples as `x_<key>` (float32 (n, ...) in [-1, 1]) and their labels `y_<key>`
+    (int64 (n,)), written atomically."""
+    from .checkpoint import atomic_write_bytes
+
+    arrays = {}
+    for key, (x, y) in samples.items():
+        arrays[f"x_{key}"] = x.numpy().astype(np.float32)
+        arrays[f"y_{key}"] = y.numpy().astype(np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_grid(samples: dict[str, tuple[Tensor, Tensor]], w: str, classes: int, path: str) -> bool:
+    """A grid for one w: rows are classes, columns the student (DDIM) at each N, then the teacher's
+    256-step DDIM; each cell the first sample of that class. False (nothing written) for non-images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [(f"student N={n}", f"student_ddim_N{n}_w{w}") for n in EVAL_STEPS]
+    cols.append((f"teacher N={TEACHER_STEPS}", f"teacher_ddim_N{TEACHER_STEPS}_w{w}"))
+    cols = [(title, key) for title, key in cols if key in samples]
+    if not cols or samples[cols[0][1]][0].ndim != 4 or samples[cols[0][1]][0].shape[1] not in (1, 3):
+        return False
+    fig, axes = plt.subplots(
+        classes, len(cols), figsize=(1.1 * len(cols) + 0.6, 1.0 * classes), squeeze=False
+    )
+    for j, (title, key) in enumerate(cols):
+        x, y = samples[key]
+        for c in range(classes):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            hit = (y == c).nonzero()
+            if len(hit):
+                img = ((x[int(hit[0, 0])].clamp(-1, 1) + 1) / 2).numpy()
+                ax.imshow(
+                    img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray_r", vmin=0, vmax=1
+                )
+            if c == 0:
+                ax.set_title(title, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(str(c), rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"w = {w}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
