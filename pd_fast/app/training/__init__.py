@@ -79,13 +79,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._checks import param_name, remember_host_copy, to_device, weighting_name
-from .._engine import on_cpu
-from ..distillation import fused_distill_loss, teacher_two_step
-from ..parameterizations import NULL_LABEL, guided_x_eps
-from ..schedules import CosineSchedule, DiscreteSchedule, diffuse
-from . import checkpoint as ckpt
-from .checkpoint import load_model_checkpoint, schedule_from_dict
+from ..._checks import param_name, remember_host_copy, to_device, weighting_name
+from ..._engine import on_cpu
+from ...distillation import fused_distill_loss, teacher_two_step
+from ...parameterizations import NULL_LABEL, guided_x_eps
+from ...schedules import CosineSchedule, DiscreteSchedule, diffuse
+from .. import checkpoint as ckpt
+from ..checkpoint import load_model_checkpoint, schedule_from_dict
 
 __all__ = [
     "train_teacher",
@@ -1281,7 +1281,7 @@ def distill_guidance(
     Returns the student in eval mode; `teacher` is not modified (its mode is restored). Checkpoints
     (`guided` model, `guidance` training state), resume and DDP as the other stages (module docstring).
     """
-    from .models import w_conditioned_from
+    from ..models import w_conditioned_from
 
     data = check_data(data)
     labels = check_labels(labels, data.shape[0])
