@@ -6,7 +6,7 @@ cosine schedule, SNR-truncated weighting, Adam, fp32: draw a batch x, a grid tim
 noise eps; z_t = alpha_t x + sigma_t eps; two DDIM steps of the teacher without grad
 (t -> t - 0.5/N -> t - 1/N); the student's forward and backward; the loss; one optimizer step.
 
-- `pd_fast`: the public core functions, called as the training loop (`pd_fast/app/training.py`)
+- `pd_fast`: the public core functions, called as the training loop (`pd_fast/app/training/loop.py`)
   calls them: `pd_fast.diffuse`, `pd_fast.teacher_two_step` (t passed on the CPU), the student,
   `pd_fast.fused_distill_loss` (coefficients from the schedule at the CPU copy of t, so that no
   value check reads the device), `.mean().backward()`, `Adam.step()`.

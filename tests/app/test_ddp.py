@@ -107,14 +107,14 @@ def test_resuming_with_another_world_size_is_rejected(ddp_run: Path) -> None:
 def test_barrier_under_nccl_names_the_rank_device(monkeypatch):
     """Under NCCL a barrier must name the rank's own device (else NCCL guesses device 0 on every
     rank); gloo takes none. Checked through stand-ins, as no GPU is needed for the logic."""
-    from pd_fast.app import training
+    from pd_fast.app.training import distributed
 
     calls = []
-    monkeypatch.setattr(training.dist, "barrier", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.setattr(training.torch.cuda, "current_device", lambda: 3)
-    ctx = training._Dist(rank=1, world=2)
-    monkeypatch.setattr(training.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(distributed.dist, "barrier", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 3)
+    ctx = distributed._Dist(rank=1, world=2)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "nccl")
     ctx.barrier()
-    monkeypatch.setattr(training.dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
     ctx.barrier()
     assert calls == [{"device_ids": [3]}, {}]

@@ -409,9 +409,9 @@ def test_guided_rows_carry_the_knn_precision_recall_and_memorisation_of_their_sa
 def test_guided_job_interrupted_in_stage_2_and_resumed_ends_bitwise_equal(tmp_path, monkeypatch):
     """`python -m pd_fast --guided` stopped by Ctrl-C in stage 2, then `--resume --out` alone:
     every model it writes is byte-identical to an uninterrupted run's."""
-    from pd_fast.app import training
     from pd_fast.app.cli import main
     from pd_fast.app.data import digits
+    from pd_fast.app.training import loop
 
     d = digits()
     path = tmp_path / "digits200.npz"
@@ -423,7 +423,7 @@ def test_guided_job_interrupted_in_stage_2_and_resumed_ends_bitwise_equal(tmp_pa
     ).split()
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(argv + ["--out", str(whole)]) == 0
-    real, calls = training._update, []
+    real, calls = loop._update, []  # where the loop looks `_update` up
 
     def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(1)
@@ -431,10 +431,10 @@ def test_guided_job_interrupted_in_stage_2_and_resumed_ends_bitwise_equal(tmp_pa
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_update", interrupted)
+    monkeypatch.setattr(loop, "_update", interrupted)
     assert main(argv + ["--out", str(cut)]) == 130
     assert not (cut / "checkpoints" / "student_2.safetensors").exists()  # it stopped inside round 2
-    monkeypatch.setattr(training, "_update", real)
+    monkeypatch.setattr(loop, "_update", real)
     assert main(["--resume", "--out", str(cut), "--no-progress"]) == 0
     for name in ("teacher", "guided", "student_4", "student_2", "student_1"):
         want = (whole / "checkpoints" / f"{name}.safetensors").read_bytes()

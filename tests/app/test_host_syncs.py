@@ -16,7 +16,7 @@ from torch import nn
 
 import pd_fast
 from pd_fast._checks import remember_host_copy
-from pd_fast.app import training as tr
+from pd_fast.app.training import conditioning, configs, guidance, loop
 from pd_fast.distillation import teacher_two_step
 
 META = torch.device("meta")
@@ -40,8 +40,8 @@ class _Net(nn.Module):
         return h
 
 
-def _cfg() -> tr._DistillConfig:
-    return tr._DistillConfig(
+def _cfg() -> configs._DistillConfig:
+    return configs._DistillConfig(
         param="v", weighting="snr_trunc", schedule=pd_fast.CosineSchedule(), batch_size=B, lr=1e-3,
         grad_clip=1.0, seed=0, world_size=1, data_shape=(D,), start_steps=STEPS, end_steps=1, iters=2,
         last_rounds_factor=1.0, teacher=None,
@@ -49,18 +49,18 @@ def _cfg() -> tr._DistillConfig:
 
 
 def _iteration(target, cond_fn=None) -> None:  # noqa: ANN001
-    """One iteration as `_Stage.iterate` makes it: batch, t, condition, loss, update."""
+    """One iteration as `loop._iterate` makes it: batch, t, condition, loss, update."""
     cfg = _cfg()
     net = _Net().to(META)
     params = list(net.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
     data_gen, noise_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     x_local = torch.empty(32, D, device=META)
-    x, idx = tr._batch(x_local, data_gen, B)
+    x, idx = loop._batch(x_local, data_gen, B)
     cond = () if cond_fn is None else cond_fn(idx, data_gen)
     t = torch.randint(1, STEPS + 1, (B,), generator=data_gen).to(torch.float64) / STEPS
-    loss = tr._loss(net, x, t, noise_gen, cfg, target, cond)
-    grad_norm = tr._update(params, opt, loss, cfg.lr, cfg.grad_clip)
+    loss = loop._loss(net, x, t, noise_gen, cfg, target, cond)
+    grad_norm = loop._update(params, opt, loss, cfg.lr, cfg.grad_clip)
     assert loss.device == META and grad_norm.device == META
 
 
@@ -74,7 +74,7 @@ def test_a_distillation_iteration_reads_nothing_back_from_the_device() -> None:
 
 
 def test_a_teacher_iteration_reads_nothing_back_from_the_device() -> None:
-    _iteration(tr._data_target)
+    _iteration(loop._data_target)
 
 
 def test_guided_iterations_read_nothing_back_from_the_device() -> None:
@@ -82,11 +82,11 @@ def test_guided_iterations_read_nothing_back_from_the_device() -> None:
     teacher = _Net().to(META)
     # stage 1: the teacher's guided x_hat_w at (c, w); dropped labels as in teacher training
     _iteration(
-        functools.partial(tr._guided_target, teacher, "v"),
-        functools.partial(tr._labels_and_w, labels, 0.0, 4.0, META),
+        functools.partial(guidance._guided_target, teacher, "v"),
+        functools.partial(conditioning._labels_and_w, labels, 0.0, 4.0, META),
     )
-    dropped = functools.partial(tr._dropped_labels, labels, 0.1, META)
-    _iteration(tr._data_target, dropped)
+    dropped = functools.partial(conditioning._dropped_labels, labels, 0.1, META)
+    _iteration(loop._data_target, dropped)
 
 
 def test_the_stand_in_catches_a_read() -> None:
