@@ -1,15 +1,15 @@
 """The run folder, for every job: where it is, its lock, its config and the run to resume.
 
-    default_out() -> "runs/<date>-<time>-<pid>[-<k>]"   a new folder name, unique on this machine
-    latest_run() -> the newest run under runs/ (for `--resume` without `--out`), or None
-    check_out(out, resume)      ValueError unless `out` can be written and is no other program's
-    check_free(out)             ValueError naming the holder's PID if a run holds the lock of `out`
-    read_config(out) -> RunConfig   the config.json of the run in `out` (a resume reads this)
-    RunLock(out)                an exclusive `fcntl.flock` on `out/run.lock`, its PID inside
-    open_run(out, config, resume) -> RunLock   create the folder, lock it, write config.json
+default_out() -> "runs/<date>-<time>-<pid>[-<k>]"   a new folder name, unique on this machine
+latest_run() -> the newest run under runs/ (for `--resume` without `--out`), or None
+check_out(out, resume)      ValueError unless `out` can be written and is no other program's
+check_free(out)             ValueError naming the holder's PID if a run holds the lock of `out`
+read_config(out) -> RunConfig   the config.json of the run in `out` (a resume reads this)
+RunLock(out)                an exclusive `fcntl.flock` on `out/run.lock`, its PID inside
+open_run(out, config, resume) -> RunLock   create the folder, lock it, write config.json
 
-The run's log (`log.jsonl`, one record per logged iteration, cut back to the checkpoint a resume
-continues from) is `RunLog`, written by the training loop (rank 0 only).
+RunLog(path)                the run's log, log.jsonl: one record per logged training iteration,
+                            cut back to the checkpoint a resume continues from (rank 0 writes it)
 """
 
 from __future__ import annotations
@@ -153,3 +153,57 @@ def open_run(out: str, config: RunConfig, resume: bool) -> RunLock:
         lock.release()
         raise
     return lock
+
+
+class RunLog:
+    """The run's log, `log.jsonl`: append-only JSON lines, flushed after every record, cut back to
+    the checkpoint a resume continues from; written by rank 0 only (`path` None: nowhere)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def drop_phase(self, phase: str) -> None:
+        """Cut the log before its first record of `phase` (or its first partial line): a stage
+        starting afresh continues the records of the stages before it."""
+        if self.file is None:
+            return
+        self.file.flush()
+        size = 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                if not line.endswith(b"\n") or not isinstance(record, dict) or record.get("phase") == phase:
+                    break
+                size += len(line)
+        self.truncate(size)
+
+    def truncate(self, size: int) -> None:
+        """Drop what was logged after the checkpoint we resume from, so the log continues."""
+        if self.file is not None and os.path.getsize(self.path) > size:
+            self.file.flush()
+            os.truncate(self.path, size)
+            self.file.seek(0, os.SEEK_END)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def size(self) -> int:
+        if self.file is None:
+            return 0
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return os.path.getsize(self.path)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..run_dir import RunLog
 from .checks import _positive_int
 from .configs import _DistillConfig, _GuidanceConfig, _TeacherConfig
 from .distributed import _Dist, _shard
-from .log import _Log
 from .rng import _Generators
 
 
@@ -55,7 +55,7 @@ class _Stage:
     x_local: Tensor
     gens: _Generators
     ckpt_dir: Path | None
-    log: _Log
+    log: RunLog
     ckpt_every: int
     log_every: int
     progress: bool
@@ -82,13 +82,13 @@ class _Stage:
         log_every = _positive_int("log_every", log_every)
         x_local = _shard(data, ctx, device, dtype)
         c_local = None if labels is None else _shard(labels, ctx, torch.device("cpu"), torch.int64)
-        ckpt_dir, log = None, _Log(None)
+        ckpt_dir, log = None, RunLog(None)
         if out_dir is not None:
             ckpt_dir = Path(out_dir) / "checkpoints"
             if ctx.main:
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
             ctx.barrier()
-            log = _Log(Path(out_dir) / "log.jsonl" if ctx.main else None)
+            log = RunLog(Path(out_dir) / "log.jsonl" if ctx.main else None)
         gens = _Generators.seeded(cfg.seed, ctx.rank, name, device)
         stage = cls(name, cfg, ctx, x_local, gens, ckpt_dir, log, ckpt_every, log_every, progress, 0.0)
         stage.c_local = c_local
