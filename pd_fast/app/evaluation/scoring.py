@@ -121,35 +121,102 @@ def sample_statistics(
     level = _check_level(level)
     if not isinstance(resamples, int) or resamples < 2:
         raise ValueError(f"resamples must be an integer >= 2, got {resamples!r}")
+    models, n_rows = _paired_models(samples)
+    steps = sorted({n for _, n in models})
+    by_steps = _rows_by_steps(rows, steps)
+    features = {m: evaluator.features(samples[m[0]][m[1]]) for m in models}
+
+    # one resampling of the rows of z for every model and space (paired), one for the held-out half
+    idx = _resampled_indices(np.random.default_rng([seed, 0]), resamples, n_rows)
+    points, reps = _model_replicates(evaluator, features, by_steps, idx)
+    floors = _floor_intervals(evaluator, resamples, seed, level)
+
+    teacher_steps = sorted(samples.get("teacher", {}))
+    ref_steps = teacher_steps[-1] if teacher_steps else None
+    pairs = _comparison_pairs(features, steps, ref_steps)
+    return dict(
+        intervals=dict(
+            level=level,
+            method="paired bootstrap over the samples (rows of z), replicates shifted to the point "
+            "estimate; reference half fixed",
+            resamples=resamples,
+            seed=seed,
+            floor=floors[evaluator.metric],
+            floors=floors,
+            rows=_interval_rows(evaluator, features, points, reps, steps, level),
+        ),
+        comparisons=dict(
+            reference_steps=ref_steps,
+            level=level,
+            rows=_comparison_rows(evaluator, points, reps, pairs, level),
+        ),
+        precision_recall=_precision_recall_section(evaluator, features, steps, k),
+        memorisation=_memorisation_section(evaluator, samples, steps),
+    )
+
+
+def _paired_models(samples: dict[str, dict[int, Tensor]]) -> tuple[list[tuple[str, int]], int]:
+    """The models `(key, N)` in `samples` (teachers first, then students, by N) and their common
+    number of samples (rows of z); a ValueError where there are none or the counts differ."""
     models = [(key, n) for key in MODEL_FIELDS for n in sorted(samples.get(key, {}))]
     if not models:
         raise ValueError("samples holds no teacher or student samples")
     sizes = {int(samples[key][n].shape[0]) for key, n in models}
     if len(sizes) != 1:
         raise ValueError(f"samples must all come from the same noise (same count), got sizes {sorted(sizes)}")
-    steps = sorted({n for _, n in models})
+    return models, sizes.pop()
+
+
+def _rows_by_steps(rows: list[dict] | None, steps: list[int]) -> dict[int, dict]:
+    """The report rows by N ({} without rows); a ValueError where a sampled N has no row."""
     by_steps = {r["steps"]: r for r in rows} if rows is not None else {}
     if rows is not None and not set(steps) <= set(by_steps):
         raise ValueError(f"rows: no row for steps {sorted(set(steps) - set(by_steps))}")
-    features = {m: evaluator.features(samples[m[0]][m[1]]) for m in models}
+    return by_steps
 
-    # one resampling of the rows of z for every model and space (paired), one for the held-out half
-    idx = _resampled_indices(np.random.default_rng([seed, 0]), resamples, sizes.pop())
-    held = next(iter(evaluator.held_out_features.values()))
-    idx_held = _resampled_indices(np.random.default_rng([seed, 1]), resamples, held.shape[0])
+
+def _model_replicates(
+    evaluator: Evaluator,
+    features: dict[tuple[str, int], dict[str, np.ndarray]],
+    by_steps: dict[int, dict],
+    idx: np.ndarray,
+) -> tuple[dict[tuple[str, int, str], float], dict[tuple[str, int, str], np.ndarray]]:
+    """Per `(key, N, space)`: the model's Fréchet distance (its report row's where given, else
+    computed) and its bootstrap replicates over the resampled rows `idx` (B, n), paired across
+    models."""
     points: dict[tuple[str, int, str], float] = {}
     reps: dict[tuple[str, int, str], np.ndarray] = {}
-    floors = {}
     for space, ref in evaluator.reference.items():
-        boot = bootstrap_frechet({m: features[m][space] for m in models}, ref, idx)
-        for key, n in models:
+        boot = bootstrap_frechet({m: f[space] for m, f in features.items()}, ref, idx)
+        for key, n in features:
             point = by_steps.get(n, {}).get(f"{MODEL_FIELDS[key]}_{space}")
             if point is None:
                 point = frechet_distance(*gaussian_stats(features[key, n][space]), *ref)
             points[key, n, space], reps[key, n, space] = point, boot[key, n]
+    return points, reps
+
+
+def _floor_intervals(evaluator: Evaluator, resamples: int, seed: int, level: float) -> dict[str, list[float]]:
+    """The `level` interval of the floor in every space, resampling the held-out half."""
+    held = next(iter(evaluator.held_out_features.values()))
+    idx_held = _resampled_indices(np.random.default_rng([seed, 1]), resamples, held.shape[0])
+    floors = {}
+    for space, ref in evaluator.reference.items():
         floor_reps = bootstrap_frechet({"floor": evaluator.held_out_features[space]}, ref, idx_held)["floor"]
         floors[space] = list(bootstrap_interval(evaluator.floor[space], floor_reps, level))
+    return floors
 
+
+def _interval_rows(
+    evaluator: Evaluator,
+    features: dict[tuple[str, int], dict[str, np.ndarray]],
+    points: dict[tuple[str, int, str], float],
+    reps: dict[tuple[str, int, str], np.ndarray],
+    steps: list[int],
+    level: float,
+) -> list[dict]:
+    """The `intervals` rows: per N, each model's interval in every space (`<name>_<space>`) and in
+    the main metric (`<name>`); None for a model not sampled at N."""
     ci_rows = []
     for n in steps:
         row = {"steps": n}
@@ -161,9 +228,14 @@ def sample_statistics(
                     row[f"{name}_{space}"] = ci
                     row[name] = ci if space == evaluator.metric else row[name]
         ci_rows.append(row)
+    return ci_rows
 
-    teacher_steps = sorted(samples.get("teacher", {}))
-    ref_steps = teacher_steps[-1] if teacher_steps else None
+
+def _comparison_pairs(
+    features: dict[tuple[str, int], dict[str, np.ndarray]], steps: list[int], ref_steps: int | None
+) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """The (numerator, denominator) models of the comparisons: per N, the teacher and the student
+    to the teacher at `ref_steps`, and the student to the teacher at its own N."""
     pairs = []
     for n in steps:
         if ref_steps is not None and n != ref_steps and ("teacher", n) in features:
@@ -172,39 +244,43 @@ def sample_statistics(
             pairs.append((("student", n), ("teacher", ref_steps)))
         if ("student", n) in features and ("teacher", n) in features:
             pairs.append((("student", n), ("teacher", n)))
+    return pairs
+
+
+def _comparison_rows(
+    evaluator: Evaluator,
+    points: dict[tuple[str, int, str], float],
+    reps: dict[tuple[str, int, str], np.ndarray],
+    pairs: list[tuple[tuple[str, int], tuple[str, int]]],
+    level: float,
+) -> list[dict]:
+    """The `comparisons` rows: each pair's `ratio_row` in every space where the denominator's
+    distance is positive."""
     comparisons = []
     for a, b in pairs:
         for space in evaluator.spaces:
             if not points[(*b, space)] > 0:
                 continue
-            r, lo, hi = ratio_interval(
-                points[(*a, space)], reps[(*a, space)], points[(*b, space)], reps[(*b, space)], level
-            )
-            comparisons.append(
-                dict(
-                    name=f"{MODEL_FIELDS[a[0]]}_{a[1]}_vs_{MODEL_FIELDS[b[0]]}_{b[1]}",
-                    space=space,
-                    steps=a[1],
-                    ratio=r,
-                    interval=[lo, hi if math.isfinite(hi) else None],  # None: unbounded
-                    significant=bool(lo > 1.0 or hi < 1.0),
-                )
-            )
+            name = f"{MODEL_FIELDS[a[0]]}_{a[1]}_vs_{MODEL_FIELDS[b[0]]}_{b[1]}"
+            a_stats, b_stats = ((points[(*m, space)], reps[(*m, space)]) for m in (a, b))
+            comparisons.append(ratio_row(name, space, a[1], a_stats, b_stats, level))
+    return comparisons
 
+
+def ratio_row(
+    name: str, space: str, steps: int, a: tuple[float, np.ndarray], b: tuple[float, np.ndarray], level: float
+) -> dict:
+    """A comparison row of the report: the ratio of two Fréchet distances `a` and `b`, each given as
+    `(point, replicates)` with paired replicates, its `level` interval (`ratio_interval`; an
+    unbounded end is None) and `significant` (the interval excludes 1)."""
+    r, lo, hi = ratio_interval(*a, *b, level)
     return dict(
-        intervals=dict(
-            level=level,
-            method="paired bootstrap over the samples (rows of z), replicates shifted to the point "
-            "estimate; reference half fixed",
-            resamples=resamples,
-            seed=seed,
-            floor=floors[evaluator.metric],
-            floors=floors,
-            rows=ci_rows,
-        ),
-        comparisons=dict(reference_steps=ref_steps, level=level, rows=comparisons),
-        precision_recall=_precision_recall_section(evaluator, features, steps, k),
-        memorisation=_memorisation_section(evaluator, samples, steps),
+        name=name,
+        space=space,
+        steps=steps,
+        ratio=r,
+        interval=[lo, hi if math.isfinite(hi) else None],  # None: unbounded
+        significant=bool(lo > 1.0 or hi < 1.0),
     )
 
 
