@@ -4,16 +4,16 @@ section (`baseline_statistics`)."""
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .classifier import Evaluator
-from .metrics import _check_level, _resampled_indices, bootstrap_frechet, bootstrap_interval, ratio_interval
-from .scoring import MODEL_FIELDS, reference_precision_recall
+from .metrics import _check_level, _resampled_indices, bootstrap_frechet, bootstrap_interval
+from .scoring import MODEL_FIELDS, ratio_row, reference_precision_recall
 
 #: the report's name of each baseline, and how it samples
 BASELINES = {
@@ -140,6 +140,52 @@ def baseline_statistics(
     whether the two Fréchet intervals overlap."""
     level = _check_level(level)
     teacher_steps = sorted(samples.get("teacher", {}))
+    models, points = _compared_models(
+        evaluator, samples, teacher_steps, rows, baseline_samples, baseline_rows
+    )
+    features = {m: evaluator.features(s) for m, s in models.items()}
+    n_rows = next(iter(models.values())).shape[0]
+    idx = _resampled_indices(np.random.default_rng([seed, 0]), resamples, n_rows)
+    reps = {}
+    for space, ref in evaluator.reference.items():
+        boot = bootstrap_frechet({m: f[space] for m, f in features.items()}, ref, idx)
+        reps.update({(*m, space): v for m, v in boot.items()})
+
+    def ci(m: tuple[str, int], space: str) -> list[float]:
+        return list(bootstrap_interval(points[m][space], reps[(*m, space)], level))
+
+    pairs = _baseline_pairs(models, baseline_rows, teacher_steps)
+    return dict(
+        intervals=dict(
+            level=level,
+            resamples=resamples,
+            seed=seed,
+            rows=_baseline_interval_rows(evaluator, models, baseline_rows, ci),
+        ),
+        comparisons=dict(
+            reference_steps=teacher_steps[-1] if teacher_steps else None,
+            level=level,
+            rows=_baseline_comparisons(evaluator, points, reps, pairs, ci, level),
+        ),
+        precision_recall=dict(
+            space=evaluator.metric,
+            k=k,
+            rows=_baseline_precision_recall(evaluator, features, baseline_rows, k),
+        ),
+    )
+
+
+def _compared_models(
+    evaluator: Evaluator,
+    samples: dict[str, dict[int, Tensor]],
+    teacher_steps: list[int],
+    rows: list[dict],
+    baseline_samples: dict[str, dict[int, Tensor]],
+    baseline_rows: list[dict],
+) -> tuple[dict[tuple[str, int], Tensor], dict[tuple[str, int], dict[str, float]]]:
+    """The samples and the Fréchet distance per space (from the report rows) of every model the
+    section compares, by `(report name, N)`: each student, the teacher's DDIM at the most steps,
+    and each baseline that ran (`teacher_steps`: the teacher's, sorted)."""
     models: dict[tuple[str, int], Tensor] = {}
     points: dict[tuple[str, int], dict[str, float]] = {}
     by_steps = {r["steps"]: r for r in rows}
@@ -153,17 +199,17 @@ def baseline_statistics(
             if r["steps"] in baseline_samples.get(name, {}):
                 models[name, r["steps"]] = baseline_samples[name][r["steps"]]
                 points[name, r["steps"]] = {sp: r[f"{name}_{sp}"] for sp in evaluator.spaces}
-    features = {m: evaluator.features(s) for m, s in models.items()}
-    n_rows = next(iter(models.values())).shape[0]
-    idx = _resampled_indices(np.random.default_rng([seed, 0]), resamples, n_rows)
-    reps = {}
-    for space, ref in evaluator.reference.items():
-        boot = bootstrap_frechet({m: f[space] for m, f in features.items()}, ref, idx)
-        reps.update({(*m, space): v for m, v in boot.items()})
+    return models, points
 
-    def ci(m: tuple[str, int], space: str) -> list[float]:
-        return list(bootstrap_interval(points[m][space], reps[(*m, space)], level))
 
+def _baseline_interval_rows(
+    evaluator: Evaluator,
+    models: dict[tuple[str, int], Tensor],
+    baseline_rows: list[dict],
+    ci: Callable[[tuple[str, int], str], list[float]],
+) -> list[dict]:
+    """The `intervals` rows: per N, each baseline's interval `ci` in every space (`<name>_<space>`)
+    and in the main metric (`<name>`); None for a baseline that did not run."""
     ci_rows = []
     for r in baseline_rows:
         n, row = r["steps"], {"steps": r["steps"]}
@@ -174,7 +220,14 @@ def baseline_statistics(
                     row[f"{name}_{space}"] = ci((name, n), space)
                 row[name] = row[f"{name}_{evaluator.metric}"]
         ci_rows.append(row)
+    return ci_rows
 
+
+def _baseline_pairs(
+    models: dict[tuple[str, int], Tensor], baseline_rows: list[dict], teacher_steps: list[int]
+) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """The (numerator, denominator) models of the comparisons: per N and baseline, the student to
+    the baseline, and the baseline to the teacher's DDIM at the most steps."""
     pairs = []
     for r in baseline_rows:
         n = r["steps"]
@@ -185,27 +238,42 @@ def baseline_statistics(
                 pairs.append((("student", n), (name, n)))
             if teacher_steps:
                 pairs.append(((name, n), ("teacher_ddim", teacher_steps[-1])))
+    return pairs
+
+
+def _baseline_comparisons(
+    evaluator: Evaluator,
+    points: dict[tuple[str, int], dict[str, float]],
+    reps: dict[tuple[str, int, str], np.ndarray],
+    pairs: list[tuple[tuple[str, int], tuple[str, int]]],
+    ci: Callable[[tuple[str, int], str], list[float]],
+    level: float,
+) -> list[dict]:
+    """The `comparisons` rows: each pair's `ratio_row` in every space where the denominator's
+    distance is positive; a student's row also says whether the two Fréchet intervals `ci`
+    overlap."""
     comparisons = []
     for a, b in pairs:
         for space in evaluator.spaces:
             if not points[b][space] > 0:
                 continue
-            r, lo, hi = ratio_interval(
-                points[a][space], reps[(*a, space)], points[b][space], reps[(*b, space)], level
-            )
-            entry = dict(
-                name=f"{a[0]}_{a[1]}_vs_{b[0]}_{b[1]}",
-                space=space,
-                steps=a[1],
-                ratio=r,
-                interval=[lo, hi if math.isfinite(hi) else None],
-                significant=bool(lo > 1.0 or hi < 1.0),
-            )
+            a_stats, b_stats = ((points[m][space], reps[(*m, space)]) for m in (a, b))
+            entry = ratio_row(f"{a[0]}_{a[1]}_vs_{b[0]}_{b[1]}", space, a[1], a_stats, b_stats, level)
             if a[0] == "student":
                 (a_lo, a_hi), (b_lo, b_hi) = ci(a, space), ci(b, space)
                 entry["frechet_intervals_overlap"] = bool(a_lo <= b_hi and b_lo <= a_hi)
             comparisons.append(entry)
+    return comparisons
 
+
+def _baseline_precision_recall(
+    evaluator: Evaluator,
+    features: dict[tuple[str, int], dict[str, np.ndarray]],
+    baseline_rows: list[dict],
+    k: int,
+) -> list[dict]:
+    """The `precision_recall` rows: per N, each baseline's `reference_precision_recall` in the
+    main space; None for a baseline that did not run."""
     space = evaluator.metric
     pr = reference_precision_recall(evaluator, k)
     pr_rows = []
@@ -215,10 +283,4 @@ def baseline_statistics(
             f = features.get((name, r["steps"]))
             row[name] = None if f is None else pr(f[space])
         pr_rows.append(row)
-    return dict(
-        intervals=dict(level=level, resamples=resamples, seed=seed, rows=ci_rows),
-        comparisons=dict(
-            reference_steps=teacher_steps[-1] if teacher_steps else None, level=level, rows=comparisons
-        ),
-        precision_recall=dict(space=space, k=k, rows=pr_rows),
-    )
+    return pr_rows
