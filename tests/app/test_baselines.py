@@ -1,4 +1,4 @@
-"""The teacher baselines of the report (pd_fast.app.evaluation: `evaluate_baselines`,
+"""The teacher baselines of the report (pd_fast.app.evaluation.baselines: `evaluate_baselines`,
 `baseline_statistics`, `unipc_sample`): diffusers' UniPC on the project's schedule, and the report
 section built from them."""
 
@@ -10,9 +10,9 @@ import torch
 
 import pd_fast
 import pd_ref
-from pd_fast.app import evaluation
 from pd_fast.app.evaluation import (
     baseline_statistics,
+    baselines,
     evaluate_baselines,
     evaluate_models,
     make_evaluator,
@@ -38,7 +38,7 @@ def flow_x_hat(z1: np.ndarray, t_end: float) -> np.ndarray:
 def test_unipc_discretisation_puts_its_timesteps_on_the_grid(steps):
     """cumprod(1 - beta) at diffusers' trailing timesteps T*i/N - 1 is alpha(i/N)^2 of the cosine
     schedule (pd_ref, float64), to diffusers' float32."""
-    scheduler = evaluation._unipc_scheduler(pd_fast.CosineSchedule(), steps)
+    scheduler = baselines._unipc_scheduler(pd_fast.CosineSchedule(), steps)
     T = scheduler.config.num_train_timesteps
     i = np.arange(steps, 0, -1)
     np.testing.assert_array_equal(scheduler.timesteps.numpy(), T * i // steps - 1)
@@ -46,7 +46,7 @@ def test_unipc_discretisation_puts_its_timesteps_on_the_grid(steps):
     got = scheduler.alphas_cumprod[scheduler.timesteps].double().numpy()
     np.testing.assert_allclose(got, alpha**2, rtol=2e-5, atol=1e-9)
     with pytest.raises(ValueError, match="steps"):
-        evaluation._unipc_scheduler(pd_fast.CosineSchedule(), 3)
+        baselines._unipc_scheduler(pd_fast.CosineSchedule(), 3)
 
 
 def test_unipc_sample_follows_the_probability_flow_closer_than_ddim():
@@ -105,7 +105,7 @@ def test_baselines_of_a_model_that_predicts_a_fixed_x_score_as_that_x(monkeypatc
     assert lo <= b_rows[2]["teacher_unipc"] <= hi
     assert stats["precision_recall"]["rows"][0]["teacher_dpmpp"]["precision"] > 0.5
 
-    monkeypatch.setattr(evaluation, "_unipc_scheduler", lambda *a, **k: None)  # diffusers absent
+    monkeypatch.setattr(baselines, "_unipc_scheduler", lambda *a, **k: None)  # diffusers absent
     b_rows, b_samples = evaluate_baselines(fixed, ev, sched, "x", [1, 2], z)
     assert all(r["teacher_unipc"] is None for r in b_rows) and b_samples["teacher_unipc"] == {}
     stats = baseline_statistics(ev, samples, rows, b_samples, b_rows, resamples=100)
