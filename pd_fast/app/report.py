@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .targets import EVAL_STEPS, TEACHER_STEPS, find_row
+from .evaluation.targets import EVAL_STEPS, TEACHER_STEPS, find_row
 
 
 def _with_interval(value: float | None, interval: list[float] | None) -> str:

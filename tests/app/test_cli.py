@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from pd_fast.app import cli
 from pd_fast.app.cli import main
 from pd_fast.app.data import load_data
 from pd_fast.app.evaluation import make_evaluator
+from pd_fast.app.evaluation.targets import main_targets
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = (
@@ -202,7 +202,7 @@ def test_the_report_targets_are_the_headline_claims() -> None:
     pr = dict(
         rows=[dict(steps=1, student=dict(recall=0.449)), dict(steps=256, teacher_ddim=dict(recall=0.5))]
     )
-    got = {t["name"]: t for t in cli._targets(rows, comparisons, "classifier", pr)}
+    got = {t["name"]: t for t in main_targets(rows, comparisons, "classifier", pr)}
     assert got["student_8_vs_teacher_256"]["met"] and not got["student_8_vs_teacher_256"]["met_by_interval"]
     assert not got["student_4_vs_teacher_256"]["met"] and got["student_4_vs_teacher_256"]["met_by_interval"]
     assert (

@@ -440,19 +440,19 @@ def test_cli_distills_a_diffusers_teacher_and_exports_every_student_it_can(tmp_p
 
 
 def test_cli_defaults_for_a_diffusers_teacher(tmp_path):
-    from pd_fast.app.cli import build_parser, resolve_settings
+    from pd_fast.app.cli import build_parser, resolve_config
 
     for T, quick, start in ((1000, False, 128), (1000, True, 16), (64, False, 64), (24, True, 16)):
         folder = tmp_path / f"T{T}"
         if not folder.exists():
             save_pipeline(folder, DDPMScheduler(num_train_timesteps=T))
         argv = ["--teacher", str(folder), "--out", str(tmp_path / "out")] + (["--quick"] if quick else [])
-        settings, _ = resolve_settings(build_parser().parse_args(argv))
-        assert settings["start_steps"] == start and settings["param"] == "v"
-        assert settings["batch_size"] == (64 if quick else 256)
+        cfg, _ = resolve_config(build_parser().parse_args(argv))
+        assert cfg.start_steps == start and cfg.param == "v"
+        assert cfg.batch_size == (64 if quick else 256)
     argv = ["--teacher", str(tmp_path / "T24"), "--quick", "--start-steps", "8", "--batch-size", "32"]
-    settings, _ = resolve_settings(build_parser().parse_args(argv + ["--out", str(tmp_path / "out")]))
-    assert settings["start_steps"] == 8 and settings["batch_size"] == 32
+    cfg, _ = resolve_config(build_parser().parse_args(argv + ["--out", str(tmp_path / "out")]))
+    assert cfg.start_steps == 8 and cfg.batch_size == 32
 
 
 def test_cli_errors_for_a_diffusers_teacher(tmp_path, capsys):

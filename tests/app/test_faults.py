@@ -26,7 +26,7 @@ from safetensors import safe_open
 
 import pd_fast
 from pd_fast.app import checkpoint as ckpt
-from pd_fast.app.cli import build_parser, main, resolve_settings
+from pd_fast.app.cli import build_parser, main, resolve_config
 from pd_fast.app.training import progressive_distill, train_teacher
 from tests._tiny import TinyMLP, eight_gaussians
 
@@ -191,7 +191,7 @@ def test_two_concurrent_runs_into_one_folder_do_not_mix(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["seed"] == 0
     assert json.loads((out / "report.json").read_text())["settings"]["seed"] == 0
     # the lock ended with its holder: the folder is free again
-    assert resolve_settings(build_parser().parse_args(["--resume", "--out", str(out)]))[1] == str(out)
+    assert resolve_config(build_parser().parse_args(["--resume", "--out", str(out)]))[1] == str(out)
 
 
 def test_default_run_folders_differ_for_runs_started_in_the_same_second(
@@ -200,12 +200,12 @@ def test_default_run_folders_differ_for_runs_started_in_the_same_second(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda *a: "20250101-120000")
     args = build_parser().parse_args(TINY)
-    first = resolve_settings(args)[1]
+    first = resolve_config(args)[1]
     os.makedirs(first)  # a run started in that second by this process
-    again = resolve_settings(args)[1]  # this process, the same second, once more
+    again = resolve_config(args)[1]  # this process, the same second, once more
     pid = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: pid + 1)  # another process, the same second
-    other = resolve_settings(args)[1]
+    other = resolve_config(args)[1]
     assert len({first, again, other}) == 3
 
 
@@ -300,8 +300,8 @@ def test_a_flag_set_to_zero_is_refused_not_replaced_by_its_default(
 
 
 def test_ckpt_every_zero_means_checkpoints_at_stage_ends_only() -> None:
-    settings, _ = resolve_settings(build_parser().parse_args(TINY + ["--ckpt-every", "0", "--out", "x"]))
-    assert settings["ckpt_every"] == 0
+    cfg, _ = resolve_config(build_parser().parse_args(TINY + ["--ckpt-every", "0", "--out", "x"]))
+    assert cfg.ckpt_every == 0
 
 
 # ----- 4. damaged checkpoints ------------------------------------------------------------------
@@ -568,7 +568,7 @@ def test_a_failed_run_leaves_no_folder_so_a_bare_resume_finds_the_real_run(
     code, _ = _cli(capsys, *TINY, "--lr", "-1")  # default --out: runs/<now>
     assert code == 2
     assert sorted(os.listdir("runs")) == [real.name]
-    assert resolve_settings(build_parser().parse_args(["--resume"]))[1] == str(real)
+    assert resolve_config(build_parser().parse_args(["--resume"]))[1] == str(real)
 
 
 def test_a_foreign_config_json_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -660,8 +660,8 @@ def test_a_student_checkpoint_is_refused_as_teacher_unless_distilled_from_its_ow
     args = build_parser().parse_args(
         [*TINY, "--out", str(tmp_path / "s"), "--teacher", str(student), "--start-steps", "2"]
     )
-    job = validate(args, torch.device("cpu"))
-    assert job.teacher is not None and job.teacher[1]["steps"] == 2
+    _, _, inputs = validate(args, torch.device("cpu"))
+    assert inputs.teacher is not None and inputs.teacher[1]["steps"] == 2
 
 
 # ----- 12. torchrun ----------------------------------------------------------------------------

@@ -360,7 +360,7 @@ def test_guided_rows_carry_the_knn_precision_recall_and_memorisation_of_their_sa
     from pd_fast import CosineSchedule
     from pd_fast.app.data import digits
     from pd_fast.app.evaluation import knn_precision_recall, make_evaluator, train_classifier
-    from pd_fast.app.guided import evaluate_guided
+    from pd_fast.app.evaluation.guided import evaluate_guided
 
     d = digits()
     x, labels = d.x[:400], d.labels[:400]

@@ -33,6 +33,8 @@ One module per idea, each importing only those above it:
   sections built from their samples (`sample_statistics`).
 - `baselines`: the teacher with training-free solvers (DPM-Solver++(2M), UniPC via diffusers)
   and their report section.
+- `guided`: the guided job's evaluation (every w and N, with class accuracy and intervals).
+- `targets`: the quality targets a report checks, with their verdicts.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def build_report(
     evaluator: Any, rows: list[dict], data: Any, cfg: BuiltinConfig, run: Run, statistics: dict,
     baselines: dict, fingerprints: list | None,
 ) -> dict[str, Any]:  # fmt: skip
-    from ..targets import main_targets
+    from ..evaluation.targets import main_targets
 
     report: dict[str, Any] = {
         **report_head(evaluator, rows, data, cfg, run),

@@ -218,7 +218,7 @@ def build_report(
     cfg: DiffusersConfig, run: Run, evaluator: Any, rows: list[dict], data: Any, teacher_param: str, T: int,
     reparam_info: dict | None, exports: dict[str, str], skipped: list[int],
 ) -> dict[str, Any]:  # fmt: skip
-    from ..targets import main_targets
+    from ..evaluation.targets import main_targets
 
     report: dict[str, Any] = {
         **report_head(evaluator, rows, data, cfg, run),

@@ -46,7 +46,7 @@ def prepare(cfg: GuidedConfig, run: Run) -> Inputs:
 def run(cfg: GuidedConfig, run: Run, inputs: Inputs) -> dict:
     """The job (module docstring); returns the report (also written to `report.json`)."""
     from ..evaluation import make_evaluator, memorisation_check, train_classifier
-    from ..guided import add_intervals, evaluate_guided
+    from ..evaluation.guided import add_intervals, evaluate_guided
 
     data, x, classes = inputs.data, inputs.data.x.to(run.device), inputs.model.config["num_classes"]
     run.say(
@@ -131,8 +131,8 @@ def build_report(
     cfg: GuidedConfig, run: Run, evaluator: Any, rows: list[dict], data: Any, classes: int, memo: Any,
     fingerprints: list | None, replicates: dict,
 ) -> dict[str, Any]:  # fmt: skip
-    from ..guided import data_precision_recall
-    from ..targets import guided_targets
+    from ..evaluation.guided import data_precision_recall
+    from ..evaluation.targets import guided_targets
 
     report: dict[str, Any] = {
         "metric": f"frechet_{evaluator.metric}",

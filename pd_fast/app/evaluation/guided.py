@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .memorisation import memorisation_check
+from .metrics import bootstrap_frechet, bootstrap_interval
+from .scoring import reference_precision_recall, timed_sample
 from .targets import EVAL_STEPS, TEACHER_STEPS, sample_key
 
 PR_K = 3  # the k of the k-NN precision and recall, as in the built-in job's report
@@ -47,8 +50,7 @@ def evaluate_guided(
     (n,): Fréchet distances, class accuracy, k-NN precision / recall and the memorisation check
     (`memorisation`: what `evaluation.memorisation_check(evaluator)` returns, computed here if None).
     Returns the rows and the samples `{"<model>_<sampler>_N<N>_w<w>": (x, y)}` (CPU)."""
-    from ..sampling import sample
-    from .evaluation import memorisation_check, reference_precision_recall, timed_sample
+    from ...sampling import sample
 
     metric = evaluator.metric
     rows: list[dict] = []
@@ -98,8 +100,6 @@ def add_intervals(
     """Add to each row the `level` bootstrap interval of its Fréchet distance (`interval`), from
     paired resamples of the rows of every sample set (they share the noise and the labels row by
     row; `pd_fast.app.evaluation.bootstrap_frechet`); returns the replicates by sample key."""
-    from .evaluation import bootstrap_frechet, bootstrap_interval
-
     space = evaluator.metric
     features = {key: evaluator.features(x)[space] for key, (x, _) in samples.items()}
     n = next(iter(features.values())).shape[0]
@@ -112,8 +112,6 @@ def add_intervals(
 
 def data_precision_recall(evaluator: Any) -> dict | None:
     """k-NN precision and recall of the held-out half against the reference half (data vs data)."""
-    from .evaluation import reference_precision_recall
-
     space = evaluator.metric
     got = reference_precision_recall(evaluator, PR_K)(evaluator.held_out_features[space])
     return None if got is None else dict(k=PR_K, space=space, **got)

@@ -112,7 +112,7 @@ def guided_targets(rows: list[dict], replicates: dict[str, np.ndarray] | None = 
     1.3x the Fréchet distance of the teacher's 256-step DDIM, the 8-step student within 1.15x, and
     the 1-step student below the teacher's 4-step DDIM; with `replicates` (of `add_intervals`),
     each Fréchet ratio's text also gives its 95% paired interval (`ratio_interval`)."""
-    from .evaluation import ratio_interval
+    from .metrics import ratio_interval
 
     def interval(a: dict, b: dict) -> str:
         if replicates is None:
