@@ -32,8 +32,11 @@ z_s) as the sampler runs them. Backends:
 Every backend's x_hat after 4 steps is compared with pd_ref's (`max_abs_diff_vs_pd_ref_at_4_steps`)
 before it is timed. Per point (model and N): `--warmup` untimed runs of each backend (dropped for
 long runs), then rounds in which every backend runs once, in turns (so that all see the same load
-on a shared machine), up to `--repeats` rounds or `--budget` seconds per backend; the median is
-reported.
+on a shared machine), up to `--repeats` rounds or `--budget` seconds per backend; the median and
+the minimum are reported (`total_ms` and `per_step_ms` are medians, `total_ms_min` and
+`per_step_ms_min` minima; the plot and the markdown summary use the median). torch runs on
+`--threads` CPU threads (default 1, recorded as `torch_threads`): with several, a busy machine
+inflates the timings badly (a parallel region waits for its slowest, descheduled thread).
 
 Overhead mode (`--mode overhead` or `both`, the default): the network is trivial (`out = 0.5*z`,
 one multiply; NumPy for pd_ref), so that a step's time is the sampler's own per-step cost; every
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet-ch", type=int, default=32)
     p.add_argument("--unet-blocks", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the run (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per point (skipped for long runs)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per point (default 5; --quick 3)")
     p.add_argument(
@@ -638,11 +641,12 @@ def latency_rows(
             rows.append({
                 "backend": bk.name, "model": kind, "batch": z.shape[0], "steps": n,
                 "total_ms": _common.finite_or_none(total),
+                "total_ms_min": _common.finite_or_none(min(samples[bk.name])),
                 "per_step_ms": _common.finite_or_none(per_step),
+                "per_step_ms_min": _common.finite_or_none(min(samples[bk.name]) / n),
                 "network_ms": network_ms, "update_ms": update_ms,
                 "update_share": _common.finite_or_none(update_ms / per_step, 3),
                 "other_ms": _common.finite_or_none(per_step - network_ms - update_ms),
-                "total_ms_min": _common.finite_or_none(min(samples[bk.name])),
                 "total_ms_max": _common.finite_or_none(max(samples[bk.name])),
                 "repeats": len(samples[bk.name]),
             })  # fmt: skip
@@ -652,7 +656,8 @@ def latency_rows(
 
 COLUMNS = [
     ("backend", "backend", "s"), ("model", "model", "s"), ("steps", "N", "d"),
-    ("total_ms", "total ms", ".3g"), ("per_step_ms", "ms/step", ".3g"), ("network_ms", "net ms", ".3g"),
+    ("total_ms", "median ms", ".3g"), ("total_ms_min", "min ms", ".3g"), ("per_step_ms", "ms/step", ".3g"),
+    ("network_ms", "net ms", ".3g"),
     ("update_ms", "update ms", ".3g"), ("update_share", "update share", ".1%"), ("repeats", "runs", "d"),
 ]  # fmt: skip
 
@@ -832,7 +837,9 @@ def run_overhead(
             total = statistics.median(samples[bk.name])
             rows.append({
                 "backend": bk.name, "batch": batch, "steps": n, "total_ms": _common.finite_or_none(total),
+                "total_ms_min": _common.finite_or_none(min(samples[bk.name])),
                 "us_per_step": _common.finite_or_none(total / n * 1e3),
+                "us_per_step_min": _common.finite_or_none(min(samples[bk.name]) / n * 1e3),
                 "cpu_us_per_step": (
                     _common.finite_or_none(statistics.median(cpu[bk.name]) / n * 1e3) if cpu else None
                 ),
@@ -845,7 +852,8 @@ def run_overhead(
 
 OVERHEAD_COLUMNS = [
     ("backend", "backend", "s"), ("batch", "batch", "d"), ("steps", "N", "d"),
-    ("total_ms", "total ms", ".4g"), ("us_per_step", "us/step", ".4g"),
+    ("total_ms", "median ms", ".4g"), ("total_ms_min", "min ms", ".4g"), ("us_per_step", "us/step", ".4g"),
+    ("us_per_step_min", "min us/step", ".4g"),
     (f"max_abs_diff_vs_pd_ref_at_{CHECK_STEPS}_steps", "vs pd_ref", ".1e"), ("repeats", "runs", "d"),
 ]  # fmt: skip
 
@@ -896,11 +904,21 @@ def overhead_summary(overhead: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns what it writes to `steps_vs_latency.json`."""
+    """Run the benchmark with torch on `--threads` threads (restored afterwards); returns what it
+    writes to `steps_vs_latency.json`."""
     args = settle(build_parser().parse_args(argv))
+    previous = torch.get_num_threads()
+    threads = _common.set_threads(args.threads)
+    try:
+        return run(args, threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """The benchmark itself: latency mode, overhead mode, tables, JSON and plot."""
     wall_start = time.perf_counter()
     device = _common.pick_device(args.device)
-    threads = _common.set_threads(args.threads)
     load_start, date = _common.loadavg(), _common.now_utc()
     machine = _common.machine(device)
     print(
@@ -972,7 +990,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_end": _common.loadavg(),
         "wall_s": round(wall, 1),
         "settings": settings,
-        "timing": "per point: warm-up runs, then repeats within a time budget; median reported "
+        "torch_threads": threads,
+        "timing": "per point: warm-up runs, then repeats within a time budget; median (total_ms, "
+        "per_step_ms, us_per_step) and minimum (the same with _min) reported "
         + ("(CUDA events)" if device.type == "cuda" else "(time.perf_counter)"),
         "models": models,
         "backends": backends,
@@ -983,7 +1003,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "network": f"out = {OVERHEAD_SCALE}*z (NumPy for pd_ref)",
             "data_shape": list(OVERHEAD_SHAPE),
             "steps": args.overhead_steps if args.mode != "latency" else None,
-            "method": "median total time of N-step sampling / N, the network's multiply included",
+            "method": "median (and minimum) total time of N-step sampling / N, the network's multiply "
+            "included",
             "rows": overhead_rows,
         },
         "overhead_us_per_step": overhead["us_per_step"],

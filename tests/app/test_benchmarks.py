@@ -106,6 +106,9 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
         for key in ("total_ms", "per_step_ms", "network_ms", "update_ms", "update_share"):
             assert _positive(r[key]), (key, r)
         assert r["per_step_ms"] == pytest.approx(r["total_ms"] / r["steps"], rel=1e-4)
+        # the minimum and the median of the same runs
+        assert _positive(r["total_ms_min"]) and r["total_ms_min"] <= r["total_ms"] <= r["total_ms_max"]
+        assert r["per_step_ms_min"] == pytest.approx(r["total_ms_min"] / r["steps"], rel=1e-4)
         assert r["update_share"] == pytest.approx(r["update_ms"] / r["per_step_ms"], rel=1e-2)
         assert r["repeats"] >= 1
     # every backend samples what pd_ref (float64) samples, to fp32 rounding; k-diffusion's
@@ -120,6 +123,9 @@ def test_steps_vs_latency_tiny_run_writes_rows_for_every_point_and_matches_pd_re
     for r in payload["overhead"]["rows"]:
         assert r["steps"] == 4 and _positive(r["us_per_step"])
         assert r["us_per_step"] == pytest.approx(r["total_ms"] / 4 * 1e3, rel=1e-4)
+        assert _positive(r["total_ms_min"]) and r["total_ms_min"] <= r["total_ms"]
+        assert r["us_per_step_min"] == pytest.approx(r["total_ms_min"] / 4 * 1e3, rel=1e-4)
+        assert r["us_per_step_min"] <= r["us_per_step"]
         assert r["max_abs_diff_vs_pd_ref_at_4_steps"] < (1e-1 if r["backend"] == "k_diffusion" else 1e-4)
         ratio = us["diffusers"][str(r["batch"])] / r["us_per_step"]
         assert vs[r["backend"]][str(r["batch"])] == pytest.approx(ratio, rel=1e-3)
@@ -214,6 +220,20 @@ def test_bad_flags_are_rejected(scripts, module, argv, tmp_path):
     mod = scripts[0] if module == "steps_vs_latency" else scripts[1]
     with pytest.raises((SystemExit, ValueError)):
         mod.main([*argv, "--out", str(tmp_path)])
+
+
+def test_steps_vs_latency_runs_on_one_torch_thread_by_default_and_gives_the_callers_back(scripts, tmp_path):
+    """`--threads` (default 1) is torch's thread count during the run, recorded in the JSON; the
+    caller's count is restored afterwards."""
+    steps_vs_latency, _ = scripts
+    argv = "--steps 1 --models mlp --backends pd_fast_torch --batch 2 --mlp-dim 4 --mlp-hidden 8"
+    argv += f" --mode latency --repeats 1 --out {tmp_path}"
+    torch.set_num_threads(3)
+    for flag, threads in (("", 1), ("--threads 2", 2)):
+        payload = steps_vs_latency.main([*argv.split(), *flag.split()])
+        assert payload["torch_threads"] == payload["machine"]["torch_threads"] == threads
+        assert payload["settings"]["threads"] == threads
+        assert torch.get_num_threads() == 3
 
 
 def test_a_backend_that_raises_is_skipped_with_its_reason_not_fatal(scripts, tmp_path, monkeypatch):
