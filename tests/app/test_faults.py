@@ -35,6 +35,10 @@ TINY = (
     "--teacher-iters 30 --iters 4 --start-steps 4 --eval-max-steps 4 --hidden 32 --depth 1 "
     "--batch-size 32 --teacher-batch-size 32 --ckpt-every 10 --no-progress"
 ).split()
+# TINY beside a --teacher checkpoint: no teacher is trained, so its training flags are refused there
+TINY_STUDENT = [
+    a for i, a in enumerate(TINY) if not {a, TINY[i - 1]} & {"--teacher-iters", "--teacher-batch-size"}
+]
 QUIET = dict(progress=False)
 
 
@@ -407,7 +411,8 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2_and_write_nothing(
     ]
     for extra, needle in cases:
         out = tmp_path / "out"
-        args = [*TINY, "--out", str(out), *extra] if "--out" not in extra else [*TINY, *extra]
+        tiny = TINY_STUDENT if "--teacher" in extra else TINY
+        args = [*tiny, "--out", str(out), *extra] if "--out" not in extra else [*tiny, *extra]
         code, err = _cli(capsys, *args)
         assert code == 2, extra
         _one_line_error(err, needle)
@@ -455,7 +460,8 @@ def test_bad_labels_teachers_and_guided_flags_are_one_line_errors_that_write_not
     ]
     for extra, needle in cases:
         out = tmp_path / "out"
-        code, err = _cli(capsys, *TINY, "--out", str(out), *extra)
+        tiny = TINY_STUDENT if "--teacher" in extra else TINY
+        code, err = _cli(capsys, *tiny, "--out", str(out), *extra)
         assert code == 2, extra
         _one_line_error(err, needle)
         assert not out.exists(), extra
@@ -612,7 +618,7 @@ def test_a_teacher_that_is_not_safetensors_and_an_npz_that_is_not_zip_are_named(
 ) -> None:
     fake = tmp_path / "teacher.safetensors"
     fake.write_bytes(bytes(range(256)) * 4)
-    code, err = _cli(capsys, *TINY, "--out", str(tmp_path / "a"), "--teacher", str(fake))
+    code, err = _cli(capsys, *TINY_STUDENT, "--out", str(tmp_path / "a"), "--teacher", str(fake))
     assert code == 2
     line = _one_line_error(err, "teacher.safetensors", "not a readable safetensors file")
     assert "codec" not in line
@@ -653,12 +659,12 @@ def test_a_student_checkpoint_is_refused_as_teacher_unless_distilled_from_its_ow
     from pd_fast.app.cli import validate
 
     student = finished / "checkpoints" / "student_2.safetensors"
-    code, err = _cli(capsys, *TINY, "--out", str(tmp_path / "s"), "--teacher", str(student))
+    code, err = _cli(capsys, *TINY_STUDENT, "--out", str(tmp_path / "s"), "--teacher", str(student))
     assert code == 2
     _one_line_error(err, "student of 2 steps", "--start-steps 2")
     assert not (tmp_path / "s").exists()
     args = build_parser().parse_args(
-        [*TINY, "--out", str(tmp_path / "s"), "--teacher", str(student), "--start-steps", "2"]
+        [*TINY_STUDENT, "--out", str(tmp_path / "s"), "--teacher", str(student), "--start-steps", "2"]
     )
     _, _, inputs = validate(args, torch.device("cpu"))
     assert inputs.teacher is not None and inputs.teacher[1]["steps"] == 2
