@@ -409,22 +409,9 @@ class Sampler:
         self.param = param_name(param)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        try:
-            self.shape = tuple(operator.index(s) for s in shape)
-        except TypeError as err:
-            raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}") from err
-        if any(s < 1 for s in self.shape):
-            raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}")
-        try:
-            self.device = torch.device(device)
-        except (TypeError, RuntimeError) as err:
-            raise ValueError(f"device must name a torch device, got {device!r}") from err
-        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.shape, self.device = _example_shape(shape), _sampler_device(device, cuda_graph)
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        if cuda_graph and self.device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a CUDA device, got {self.device}")
         self.model, self.schedule, self.clip, self.dtype = model, schedule_arg(schedule), bool(clip), dtype
         self.cuda_graph = bool(cuda_graph)
         self.rule = step_rule(sampler, _eta(eta), _variance(variance), self.steps, self.schedule)
@@ -477,17 +464,7 @@ class Sampler:
         prepared = self._prepared(z, backend, guide)
         if not self.cuda_graph:
             return loop(self.model, z, prepared, self.param, self.clip, generator, backend, guide=guide)
-        if not prepared.plan.noisy:
-            return prepared(z)
-        # the graph draws from its own registered generator: hand it the caller's state, and back
-        source = generator
-        if source is None:
-            index = z.device.index if z.device.index is not None else torch.cuda.current_device()
-            source = torch.cuda.default_generators[index]
-        prepared.generator.set_state(source.get_state())
-        x_hat = prepared(z)
-        source.set_state(prepared.generator.get_state())
-        return x_hat
+        return prepared(z) if not prepared.plan.noisy else _replay_noisy(prepared, z, generator)
 
     @torch.no_grad()
     def sample(
@@ -500,3 +477,39 @@ class Sampler:
         batch = operator.index(batch)
         z = torch.randn((batch, *self.shape), generator=generator, device=self.device, dtype=self.dtype)
         return self(z, generator, labels=labels, w=w)
+
+
+def _example_shape(shape: Any) -> tuple[int, ...]:
+    try:
+        out = tuple(operator.index(s) for s in shape)
+    except TypeError as err:
+        raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}") from err
+    if any(s < 1 for s in out):
+        raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}")
+    return out
+
+
+def _sampler_device(device: Any, cuda_graph: bool) -> torch.device:
+    """`device` as a torch.device; a bare "cuda" is the current CUDA device."""
+    try:
+        out = torch.device(device)
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"device must name a torch device, got {device!r}") from err
+    if out.type == "cuda" and out.index is None and torch.cuda.is_available():
+        out = torch.device("cuda", torch.cuda.current_device())
+    if cuda_graph and out.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got {out}")
+    return out
+
+
+def _replay_noisy(prepared: Any, z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Replay a captured stochastic loop: the graph draws from its own registered generator, so
+    it gets the caller's generator state (the device's default one if None), and hands it back."""
+    source = generator
+    if source is None:
+        index = z.device.index if z.device.index is not None else torch.cuda.current_device()
+        source = torch.cuda.default_generators[index]
+    prepared.generator.set_state(source.get_state())
+    x_hat = prepared(z)
+    source.set_state(prepared.generator.get_state())
+    return x_hat

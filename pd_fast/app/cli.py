@@ -71,30 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, help="distillation learning rate (annealed linearly to 0 each round)")
     p.add_argument("--batch-size", type=int, help="distillation batch size")
-    p.add_argument(
-        "--teacher",
-        metavar="CKPT|DIR",
-        help="teacher checkpoint (.safetensors), or a diffusers pipeline folder (model_index.json, unet/, "
-        "scheduler/: a UNet2DModel); skips teacher training",
-    )
-    p.add_argument(
-        "--reparam-iters",
-        type=int,
-        help="diffusers teacher of another param than --param: iterations of the stage in which the "
-        "student learns the teacher's own start-steps DDIM (default 2 x --iters)",
-    )
-    p.add_argument("--teacher-iters", type=int, help="teacher training iterations (default 6000)")
-    p.add_argument("--teacher-lr", type=float, help="teacher learning rate")
-    p.add_argument("--teacher-batch-size", type=int, help="teacher batch size")
-    p.add_argument(
-        "--model",
-        choices=("mlp", "unet"),
-        help="network: residual MLP (default; flattens images) or a small UNet for images",
-    )
-    p.add_argument("--param", choices=("eps", "x", "v", "both"), help="network output (default v)")
-    p.add_argument("--hidden", type=int, help="MLP width")
-    p.add_argument("--depth", type=int, help="MLP residual blocks")
-    p.add_argument("--ch", type=int, help="UNet base channels")
+    _network_flags(p.add_argument_group("the teacher and the network"))
     p.add_argument(
         "--eval-max-steps",
         type=int,
@@ -115,7 +92,41 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue a killed run in --out (or the newest under runs/) from its last checkpoint",
     )
-    g = p.add_argument_group("guided distillation (Meng et al., 2023)")
+    _guided_flags(p.add_argument_group("guided distillation (Meng et al., 2023)"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return p
+
+
+def _network_flags(g: Any) -> None:
+    """The teacher (a checkpoint or a diffusers folder) and the built-in network's flags."""
+    g.add_argument(
+        "--teacher",
+        metavar="CKPT|DIR",
+        help="teacher checkpoint (.safetensors), or a diffusers pipeline folder (model_index.json, unet/, "
+        "scheduler/: a UNet2DModel); skips teacher training",
+    )
+    g.add_argument(
+        "--reparam-iters",
+        type=int,
+        help="diffusers teacher of another param than --param: iterations of the stage in which the "
+        "student learns the teacher's own start-steps DDIM (default 2 x --iters)",
+    )
+    g.add_argument("--teacher-iters", type=int, help="teacher training iterations (default 6000)")
+    g.add_argument("--teacher-lr", type=float, help="teacher learning rate")
+    g.add_argument("--teacher-batch-size", type=int, help="teacher batch size")
+    g.add_argument(
+        "--model",
+        choices=("mlp", "unet"),
+        help="network: residual MLP (default; flattens images) or a small UNet for images",
+    )
+    g.add_argument("--param", choices=("eps", "x", "v", "both"), help="network output (default v)")
+    g.add_argument("--hidden", type=int, help="MLP width")
+    g.add_argument("--depth", type=int, help="MLP residual blocks")
+    g.add_argument("--ch", type=int, help="UNet base channels")
+
+
+def _guided_flags(g: Any) -> None:
     g.add_argument(
         "--guided",
         action="store_true",
@@ -128,9 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-iters", type=int, help="stage 1 iterations (default 6000)")
     g.add_argument("--guidance-lr", type=float, help="stage 1 learning rate (default 1e-3, annealed to 0)")
     g.add_argument("--eval-w", help="guidance weights to evaluate, comma-separated (default 0,1,2,4)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    return p
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,9 +268,9 @@ def _main(argv: list[str] | None) -> int:
             device = launch.device(args.device, None if ranks is None else ranks[2])
             if ranks is not None:
                 args.out = launch.start_group(device, args.out, args.resume)
-            cfg, run, inputs = _together(lambda: validate(args, device))  # before rank 0 writes
+            cfg, run, inputs = launch.together(lambda: validate(args, device))  # before rank 0 writes
             args.out = run.out
-            lock = _together(lambda: _open(cfg, run))
+            lock = launch.together(lambda: _open(cfg, run))
             threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
             if threads is not None:
                 torch.set_num_threads(threads)
@@ -272,11 +280,11 @@ def _main(argv: list[str] | None) -> int:
     except launch.OtherRank:
         return 2
     except (ValueError, OSError, FloatingPointError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and not _out_of_memory(err):
+        if isinstance(err, RuntimeError) and not launch.out_of_memory(err):
             raise
         if args.debug:
             traceback.print_exc()
-        print(f"pd-distill: error: {_one_line(err, args.out)}", file=sys.stderr)
+        print(f"pd-distill: error: {launch.one_line(err, args.out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m pd_fast --resume --out {args.out}", file=sys.stderr)
@@ -293,46 +301,11 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def _together(step: Any) -> Any:
-    """`step()` on every rank; if it fails on any rank (a ValueError or OSError), every rank stops
-    together with the first rank's error."""
-    from . import launch
-    from .training import part_ranks
-
-    result, error = None, None
-    try:
-        result = step()
-    except (ValueError, OSError) as err:
-        error = err
-    error = launch.agree(error)
-    if error is not None:
-        part_ranks()
-        raise error
-    return result
-
-
 def _open(cfg: RunConfig, run: Any) -> Any:
     """Rank 0 creates the run folder, takes its lock and writes config.json."""
     from .run_dir import open_run
 
     return open_run(run.out, cfg, run.resume) if run.main else None
-
-
-def _one_line(err: BaseException, out: str | None) -> str:
-    if isinstance(err, FloatingPointError):
-        return (
-            f"{err} (continue with: python -m pd_fast --resume --out {out}; a run's settings cannot "
-            "change on resume, so if a setting such as the learning rate caused it, start a new run)"
-        )
-    if isinstance(err, RuntimeError):
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"out of memory ({first}): try a smaller --batch-size or --teacher-batch-size"
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _out_of_memory(err: BaseException) -> bool:
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,37 @@ class OtherRank(ValueError):
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"pd-distill: warning: {message}", file=sys.stderr)
+
+
+def together(step: Any) -> Any:
+    """`step()` on every rank; if it fails on any rank (a ValueError or OSError), every rank stops
+    together with the first rank's error."""
+    from .training import part_ranks
+
+    result, error = None, None
+    try:
+        result = step()
+    except (ValueError, OSError) as err:
+        error = err
+    error = agree(error)
+    if error is not None:
+        part_ranks()
+        raise error
+    return result
+
+
+def one_line(err: BaseException, out: str | None) -> str:
+    if isinstance(err, FloatingPointError):
+        return (
+            f"{err} (continue with: python -m pd_fast --resume --out {out}; a run's settings cannot "
+            "change on resume, so if a setting such as the learning rate caused it, start a new run)"
+        )
+    if isinstance(err, RuntimeError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"out of memory ({first}): try a smaller --batch-size or --teacher-batch-size"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
