@@ -393,8 +393,9 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, ops: list[str]) -> 
 
 
 def evaluate_targets(rows: list[dict[str, Any]], overhead: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The GPU targets (README), each with the measured value (the worst case over dtypes and over
-    sizes of at least 64 MiB moved); a target with nothing measured is reported as missing."""
+    """The GPU targets (docs/results.md, Targets), each with the measured value (the worst case over
+    dtypes and over sizes of at least 64 MiB moved); a target with nothing measured is reported as
+    missing."""
 
     def worst(op: str, key: str) -> float | None:
         vals = [r[key] for r in rows if r["op"] == op and r["impl"] == "triton"

@@ -664,7 +664,7 @@ COLUMNS = [
 
 def summary(rows: list[dict[str, Any]]) -> str:
     """At a glance: total ms per N (rows) and backend (columns), one block per model, then each
-    backend's ms per step and update share at the largest N (markdown, for a README)."""
+    backend's ms per step and update share at the largest N (markdown, as in docs/results.md)."""
     lines = []
     for model in MODELS:
         sel = [r for r in rows if r["model"] == model]
