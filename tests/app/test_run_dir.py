@@ -1,6 +1,7 @@
 """The run folder's guards (`pd_fast.app.run_dir`), each reached directly rather than through
 another guard that fires first: the run lock is exclusive on its own (not only because
-`check_free` probes it first), and the log is cut back exactly where a resume continues."""
+`check_free` probes it first) and is released when the run cannot write its config, and the log is
+cut back exactly where a resume continues."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pd_fast.app.run_dir import LOCK_FILE, RunLock, RunLog, lock_holder
+from pd_fast.app.run_dir import LOCK_FILE, RunLock, RunLog, lock_holder, open_run
 
 # ----- the run lock ------------------------------------------------------------------------------
 
@@ -42,6 +43,25 @@ def test_the_run_lock_is_exclusive_so_even_a_shared_flock_is_refused(tmp_path: P
             os.close(fd)
     finally:
         lock.release()
+
+
+def test_a_run_that_cannot_write_its_config_releases_the_lock_it_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pd_fast.app import checkpoint
+    from pd_fast.app.config import config_class, defaults
+
+    cls = config_class("builtin")
+    config = cls(**defaults(cls, True))
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_json", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        open_run(str(tmp_path / "run"), config, resume=False)
+    assert lock_holder(tmp_path / "run" / LOCK_FILE) is None
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 # ----- the log ---------------------------------------------------------------------------------
