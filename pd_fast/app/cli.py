@@ -287,7 +287,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"pd-distill: error: {launch.one_line(err, args.out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m pd_fast --resume --out {args.out}", file=sys.stderr)
+        started = lock is not None or (args.resume and args.out is not None)
+        resume = f"continue with: python -m pd_fast --resume --out {args.out}"
+        print(f"\ninterrupted; {resume if started else 'nothing was written'}", file=sys.stderr)
         return 130
     finally:
         torch.set_num_threads(previous)

@@ -117,3 +117,19 @@ def test_ctrl_c_exits_130_with_the_resume_line_and_releases_the_lock(
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+def test_ctrl_c_before_the_run_folder_exists_says_nothing_was_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pd_fast.app import cli
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt  # Ctrl-C while the data are being checked
+
+    monkeypatch.setattr(cli, "validate", interrupted)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(TINY) == 130  # no --out: none was chosen yet
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; nothing was written"
+    assert not (tmp_path / "runs").exists()
