@@ -82,7 +82,7 @@ def test_guided_iterations_read_nothing_back_from_the_device() -> None:
     teacher = _Net().to(META)
     # stage 1: the teacher's guided x_hat_w at (c, w); dropped labels as in teacher training
     _iteration(
-        functools.partial(guidance._guided_target, teacher, "v"),
+        functools.partial(guidance._guided_target, teacher, "v", None),
         functools.partial(conditioning._labels_and_w, labels, 0.0, 4.0, META),
     )
     dropped = functools.partial(conditioning._dropped_labels, labels, 0.1, META)

@@ -71,6 +71,39 @@ def check_labels(labels: Any, n: int, name: str = "labels") -> Tensor:
     return labels
 
 
+def check_cond(cond: Any, n: int, name: str = "cond") -> Tensor:
+    """`cond` as a float32 CPU tensor (n, ...): one tensor condition per example of the data (e.g. a
+    prompt's embeddings (L, D), docs/spec.md section 10); ValueError naming `name` otherwise."""
+    if not isinstance(cond, Tensor) or not cond.is_floating_point():
+        what = f"dtype {cond.dtype}" if isinstance(cond, Tensor) else type(cond).__name__
+        raise ValueError(f"{name} must be a floating tensor ({n}, ...), one condition an example, got {what}")
+    if cond.ndim < 2 or cond.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape ({n}, ...), one condition an example, got {tuple(cond.shape)}"
+        )
+    return cond.detach().to("cpu", torch.float32).contiguous()
+
+
+def check_null_cond(null_cond: Any, cond: Tensor) -> Tensor:
+    """The null condition of `cond` (the empty prompt's embedding) as float32 (1, ...) on the CPU."""
+    shape = tuple(cond.shape[1:])
+    if not isinstance(null_cond, Tensor) or not null_cond.is_floating_point():
+        raise ValueError(f"null_cond must be a floating tensor of shape {shape} or (1, *{shape}) beside cond")
+    if tuple(null_cond.shape) not in (shape, (1, *shape)):
+        raise ValueError(f"null_cond must have shape {shape} or (1, *{shape}), got {tuple(null_cond.shape)}")
+    return null_cond.detach().to("cpu", torch.float32).reshape(1, *shape).contiguous()
+
+
+def conditions(labels: Any, cond: Any, n: int) -> Tensor | None:
+    """A stage's per-example conditions: integer `labels` (n,) or tensor `cond` (n, ...), or None;
+    ValueError if both are given."""
+    if labels is not None and cond is not None:
+        raise ValueError("pass labels or cond, not both")
+    if cond is not None:
+        return check_cond(cond, n)
+    return None if labels is None else check_labels(labels, n)
+
+
 def _labels_fingerprint(labels: Tensor | None, out_dir: Any) -> str | None:
     """What a conditional stage's config records of its labels: their fingerprint when the run
     writes checkpoints, "" when it does not; None for an unconditional stage."""

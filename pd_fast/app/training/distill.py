@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ...distillation import teacher_two_step
 from .. import checkpoint as ckpt
 from ..checkpoint import load_model_checkpoint
-from .checks import _labels_fingerprint, _model_device, _trainable, check_data, check_labels, data_fingerprint
+from .checks import _labels_fingerprint, _model_device, _trainable, check_data, conditions, data_fingerprint
 from .conditioning import _labels_and_w, _with_cond
 from .configs import _DistillConfig
 from .distributed import _dist_context, _wrap
@@ -48,6 +48,7 @@ def progressive_distill(
     labels: Any = None,
     w_min: float = 0.0,
     w_max: float = 4.0,
+    cond: Any = None,
 ) -> dict[int, nn.Module]:
     """Progressive distillation ([PD] Algorithm 2; official settings in docs/spec.md section 6).
 
@@ -63,15 +64,17 @@ def progressive_distill(
     `distill_guidance`); each example gets its label c and w ~ U[w_min, w_max] (drawn from the data
     generator after t), the target is two DDIM steps of the previous model at that c and w
     (`teacher_two_step` of `lambda z, t: model(z, t, c, w)`), and the student is called
-    `student(z_t, t, c, w)`: one network call per step for every w in the range.
+    `student(z_t, t, c, w)`: one network call per step for every w in the range. `cond` (a float
+    tensor (N, ...), e.g. prompt embeddings) takes the place of `labels` for a model conditioned on
+    tensors (docs/spec.md section 10).
 
     Returns {N: student} for every round, each in eval mode. `teacher` is not modified (it is
     put in eval mode while it makes targets, and its mode is restored at the end).
     `on_round_end(N, student)` is called on every rank after each round.
     """
     data = check_data(data)
+    labels = conditions(labels, cond, data.shape[0])
     if labels is not None:
-        labels = check_labels(labels, data.shape[0])
         if getattr(teacher, "config", {}).get("w_conditioned") is False or (
             "num_classes" in getattr(teacher, "config", {}) and not teacher.config.get("w_conditioned")
         ):

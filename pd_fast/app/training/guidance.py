@@ -13,7 +13,15 @@ from torch import Tensor, nn
 from ..._checks import to_device
 from ...parameterizations import NULL_LABEL, guided_x_eps
 from .. import checkpoint as ckpt
-from .checks import _labels_fingerprint, _model_device, _trainable, check_data, check_labels, data_fingerprint
+from .checks import (
+    _labels_fingerprint,
+    _model_device,
+    _trainable,
+    check_data,
+    check_null_cond,
+    conditions,
+    data_fingerprint,
+)
 from .conditioning import _labels_and_w
 from .configs import _GuidanceConfig
 from .distributed import _dist_context, _wrap
@@ -25,8 +33,11 @@ from .state import _intact, _load_module, _load_state, _save_model, _save_state
 def distill_guidance(
     teacher: nn.Module,
     data: Any,
-    labels: Any,
+    labels: Any = None,
     *,
+    cond: Any = None,
+    null_cond: Any = None,
+    student: nn.Module | None = None,
     w_min: float = 0.0,
     w_max: float = 4.0,
     schedule: Any = None,
@@ -54,21 +65,41 @@ def distill_guidance(
     outputs with the label and with `NULL_LABEL`, unclipped, no grad), weighted by `weighting`.
     Adam, LR annealed linearly from `lr` to 0, gradient norm clipped at `grad_clip`; no EMA.
 
+    Tensor conditions (docs/spec.md section 10): `cond` (a float tensor (N, ...), e.g. prompt
+    embeddings) in place of `labels`, with `null_cond` (the empty prompt's, (...) or (1, ...)) as
+    the unconditional input; `student`, a w-conditioned model `student(z, t, c, w)` that starts as
+    the teacher (e.g. a diffusers UNet with `time_cond_proj_dim`), built by the caller (default:
+    `w_conditioned_from(teacher, seed)`, for the built-in networks).
+
     Returns the student in eval mode; `teacher` is not modified (its mode is restored). Checkpoints
     (`guided` model, `guidance` training state), resume and DDP as the other stages (module docstring).
     """
     from ..models import w_conditioned_from
 
     data = check_data(data)
-    labels = check_labels(labels, data.shape[0])
+    labels = conditions(labels, cond, data.shape[0])
+    if labels is None:
+        raise ValueError(
+            "distill_guidance needs labels or cond: guidance combines the conditional model with the null"
+        )
+    null = None
+    if cond is not None:
+        null = check_null_cond(null_cond, labels)
+    elif null_cond is not None:
+        raise ValueError("null_cond goes with cond (labels have NULL_LABEL)")
     device, dtype = _model_device(teacher, "teacher")
-    student = w_conditioned_from(teacher, seed=seed)
+    student = w_conditioned_from(teacher, seed=seed) if student is None else student
+    if not isinstance(student, nn.Module):
+        raise ValueError(
+            f"student must be a torch.nn.Module called as student(z, t, c, w), got {type(student)!r}"
+        )
     ctx = _dist_context()
     cfg = _GuidanceConfig(
         param=param, weighting=weighting, schedule=schedule, iters=iters, batch_size=batch_size, lr=lr,
         grad_clip=grad_clip, seed=seed, world_size=ctx.world, data_shape=tuple(data.shape),
         data=data_fingerprint(data) if out_dir is not None else None,
-        labels=_labels_fingerprint(labels, out_dir), w_min=w_min, w_max=w_max,
+        labels=_labels_fingerprint(labels if null is None else torch.cat([labels, null]), out_dir),
+        w_min=w_min, w_max=w_max,
         teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None,
     )  # fmt: skip
     params = _trainable(student, "student")
@@ -89,7 +120,7 @@ def distill_guidance(
         round=0, steps=None, iters=cfg.iters, desc="guidance (stage 1)",
         net=_wrap(student, ctx, device), params=params, opt=opt, modules={"student": student},
         draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
-        target=functools.partial(_guided_target, teacher, cfg.param),
+        target=functools.partial(_guided_target, teacher, cfg.param, null),
         lr_at=lambda k: cfg.lr * (1.0 - k / cfg.iters),
         draw_cond=functools.partial(_labels_and_w, stage.c_local, cfg.w_min, cfg.w_max, device),
     )  # fmt: skip
@@ -111,6 +142,7 @@ def distill_guidance(
 def _guided_target(
     teacher: nn.Module,
     param: str,
+    null_cond: Tensor | None,
     x: Tensor,
     z_t: Tensor,
     t: Tensor,
@@ -120,13 +152,16 @@ def _guided_target(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Stage 1's x_tilde: the teacher's guided x_hat_w at (z_t, t, c) ([GD] Eq. 3-4, docs/spec.md
     section 8), as (z_tpp, alpha_tpp, sigma_tpp) = (x_hat_w, 1, 0). The conditional and the
-    unconditional outputs come from one call on the doubled batch."""
+    unconditional outputs come from one call on the doubled batch; the null input is `NULL_LABEL`
+    for labels, `null_cond` (1, ...) for tensor conditions."""
     c, w = cond
     with torch.no_grad():
         t_in = to_device(t, z_t.device, z_t.dtype)
-        both = teacher(
-            torch.cat([z_t, z_t]), torch.cat([t_in, t_in]), torch.cat([c, torch.full_like(c, NULL_LABEL)])
-        )
+        if null_cond is None:
+            null = torch.full_like(c, NULL_LABEL)
+        else:
+            null = to_device(null_cond, c.device, c.dtype).expand_as(c)
+        both = teacher(torch.cat([z_t, z_t]), torch.cat([t_in, t_in]), torch.cat([c, null]))
         out_c, out_u = both.chunk(2)
         x_hat, _ = guided_x_eps(z_t, out_c, out_u, alpha_t, sigma_t, param, w=w)
     return (x_hat, *_x_endpoint(x_hat.shape[0], x_hat.device))

@@ -61,7 +61,8 @@ class _Stage:
     progress: bool
     t0: float
     last_commit: tuple[int, int] | None = None  # (round, iteration) of the last committed state
-    c_local: Tensor | None = None  # the labels of x_local (int64, CPU) in a conditional stage
+    # the conditions of x_local in a conditional stage (CPU): labels (int64) or tensors (float32)
+    c_local: Tensor | None = None
 
     @classmethod
     def open(
@@ -81,7 +82,7 @@ class _Stage:
         ckpt_every = _positive_int("ckpt_every", ckpt_every, 0)
         log_every = _positive_int("log_every", log_every)
         x_local = _shard(data, ctx, device, dtype)
-        c_local = None if labels is None else _shard(labels, ctx, torch.device("cpu"), torch.int64)
+        c_local = None if labels is None else _shard(labels, ctx, torch.device("cpu"), labels.dtype)
         ckpt_dir, log = None, RunLog(None)
         if out_dir is not None:
             ckpt_dir = Path(out_dir) / "checkpoints"
