@@ -133,7 +133,7 @@ def encode_cached(
     progress: bool = True,
 ) -> Encoded:  # fmt: skip
     """The latents and prompt embeddings of `data` by `encoder` (its `encode_images(x)`,
-    `encode_prompt(prompts)` and `null_cond()`), from the cache in `cache_dir` when it holds those
+    `encode_prompt(prompts)` and `null_condition()`), from the cache in `cache_dir` when it holds those
     of this data and teacher, else computed in batches and cached there (None: nowhere). ValueError
     if the cache holds another data set's or another teacher's."""
     from .checkpoint import CheckpointError, load_tensors, read_json, save_json, save_tensors
@@ -157,7 +157,7 @@ def encode_cached(
     latents = _batched(encoder.encode_images, data.images, batch_size, "encoding images", progress)
     cond = _batched(encoder.encode_prompt, data.captions, batch_size, "encoding prompts", progress)
     with torch.no_grad():
-        null = encoder.null_cond().float().cpu().reshape(1, *cond.shape[1:])
+        null = encoder.null_condition().float().cpu().reshape(1, *cond.shape[1:])
     encoded = Encoded(latents.contiguous(), cond.contiguous(), null.contiguous())
     if path is not None:  # the tensors first, then the record that vouches for them
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class _Encoder:
         self.calls += 1
         return torch.tensor([[[len(p), sum(map(ord, p))]] * 3 for p in prompts], dtype=torch.float32)
 
-    def null_cond(self) -> torch.Tensor:
+    def null_condition(self) -> torch.Tensor:
         return torch.zeros(1, 3, 2)
 
 
