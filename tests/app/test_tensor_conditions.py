@@ -76,3 +76,19 @@ def test_tensor_conditions_are_checked(setup) -> None:
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             distill_guidance(OneHot(teacher), x, iters=1, **kwargs, **QUIET)
+
+
+def test_latents_beyond_the_unit_range_train_only_when_unbounded(setup) -> None:
+    x, y, teacher, cond = setup
+    latents = 3.0 * x  # values in [-3, 3], as latents have (docs/spec.md section 10)
+    student = OneHot(w_conditioned_from(teacher, seed=3))
+    with pytest.raises(ValueError, match=r"data must lie in \[-1, 1\], got values in \[-3, 3\]"):
+        distill_guidance(OneHot(teacher), latents, cond=cond, null_cond=torch.zeros(1, K), iters=1, **QUIET)
+    out = distill_guidance(
+        OneHot(teacher), latents, cond=cond, null_cond=torch.zeros(1, K), iters=2, bounded=False,
+        student=student, **QUIET,
+    )  # fmt: skip
+    assert all(torch.isfinite(p).all() for p in out.parameters())
+    with pytest.raises(ValueError, match=r"data must lie in \[-1, 1\]"):
+        progressive_distill(out, latents, 2, 1, cond=cond, iters=1, **QUIET)
+    assert set(progressive_distill(out, latents, 2, 1, cond=cond, iters=1, bounded=False, **QUIET)) == {1}

@@ -7,9 +7,14 @@
     progressive_distill(teacher, data, start_steps, end_steps=1, *, schedule=None, param="v",
                         weighting="snr_trunc", iters=1000, last_rounds_factor=1.0, batch_size=128,
                         lr=1e-4, grad_clip=1.0, seed=0, out_dir=None, ckpt_every=0, resume=False,
-                        progress=True, log_every=10, on_round_end=None)
+                        progress=True, log_every=10, on_round_end=None, labels=None, w_min=0.0,
+                        w_max=4.0, cond=None)
         -> dict[int, nn.Module]   # {student steps: student}, e.g. {4: ..., 2: ..., 1: ...}, eval mode
-    check_data(data, name="data") -> Tensor   # ValueError unless finite, in [-1, 1], ndim >= 2, N >= 1
+    distill_guidance(teacher, data, labels=None, *, cond=None, null_cond=None, student=None,
+                     w_min=0.0, w_max=4.0, ...)   # [GD] stage 1: a w-conditioned student
+        -> nn.Module
+    check_data(data, name="data", bounded=True) -> Tensor   # ValueError unless finite, ndim >= 2,
+                                                            # N >= 1 and (bounded) in [-1, 1]
     data_fingerprint(data) -> str             # SHA-256 of the data's dtype, shape and values
     TrainingDiverged                          # FloatingPointError: a non-finite loss, gradient or weight
 
@@ -29,7 +34,9 @@ elsewhere), its gradient clipped to global norm `grad_clip` (None: off). A stage
   EMA. The last two rounds run `round(iters * last_rounds_factor)` iterations (the paper: 2).
 
 `model(z, t)` takes t of shape (B,) in z's dtype; training runs on the device of its parameters,
-and `data` (a tensor or array (N, ...) in [-1, 1]) is moved there once. `schedule`: a
+and `data` (a tensor or array (N, ...) in [-1, 1]; any finite values with `bounded=False`, for
+latents) is moved there once. Conditional stages take `labels` (integers (N,)) or `cond` (tensors
+(N, ...), e.g. prompt embeddings, docs/spec.md section 10), one per example. `schedule`: a
 `CosineSchedule` (default) or a `DiscreteSchedule` of `pd_fast.schedules`.
 
 - `out_dir`: the run writes `out_dir/checkpoints/` (see `pd_fast.app.checkpoint`): `teacher`

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from ...schedules import CosineSchedule, DiscreteSchedule
 
 
-def check_data(data: Any, name: str = "data") -> Tensor:
-    """`data` as a floating tensor (N, ...), N >= 1, at least 2 dims, finite, in [-1, 1];
-    ValueError naming `name` otherwise."""
+def check_data(data: Any, name: str = "data", bounded: bool = True) -> Tensor:
+    """`data` as a floating tensor (N, ...), N >= 1, at least 2 dims, finite, and in [-1, 1] where
+    `bounded` (images; latents, docs/spec.md section 10, are not); ValueError naming `name` otherwise."""
     if not isinstance(data, Tensor):
         try:
             data = torch.as_tensor(np.asarray(data))
@@ -38,7 +38,7 @@ def check_data(data: Any, name: str = "data") -> Tensor:
         bad = int((~finite).reshape(data.shape[0], -1).any(dim=1).nonzero()[0, 0])
         raise ValueError(f"{name} contains NaN or infinite values (first in example {bad})")
     lo, hi = float(data.min()), float(data.max())
-    if lo < -1.0 or hi > 1.0:
+    if bounded and (lo < -1.0 or hi > 1.0):
         raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.6g}, {hi:.6g}]")
     return data
 

@@ -44,6 +44,7 @@ def progressive_distill(
     resume: bool = False,
     progress: bool = True,
     log_every: int = 10,
+    bounded: bool = True,
     on_round_end: Callable[[int, nn.Module], None] | None = None,
     labels: Any = None,
     w_min: float = 0.0,
@@ -72,7 +73,7 @@ def progressive_distill(
     put in eval mode while it makes targets, and its mode is restored at the end).
     `on_round_end(N, student)` is called on every rank after each round.
     """
-    data = check_data(data)
+    data = check_data(data, bounded=bounded)
     labels = conditions(labels, cond, data.shape[0])
     if labels is not None:
         if getattr(teacher, "config", {}).get("w_conditioned") is False or (

@@ -53,6 +53,7 @@ def distill_guidance(
     resume: bool = False,
     progress: bool = True,
     log_every: int = 10,
+    bounded: bool = True,
 ) -> nn.Module:
     """[GD] stage 1 (docs/spec.md section 8): a w-conditioned student `student(z, t, c, w)`
     (`pd_fast.app.models.w_conditioned_from(teacher, seed)`, which starts as the conditional
@@ -76,7 +77,7 @@ def distill_guidance(
     """
     from ..models import w_conditioned_from
 
-    data = check_data(data)
+    data = check_data(data, bounded=bounded)
     labels = conditions(labels, cond, data.shape[0])
     if labels is None:
         raise ValueError(

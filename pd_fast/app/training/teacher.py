@@ -40,6 +40,7 @@ def train_teacher(
     resume: bool = False,
     progress: bool = True,
     log_every: int = 10,
+    bounded: bool = True,
     labels: Any = None,
     p_uncond: float = 0.1,
 ) -> nn.Module:
@@ -59,7 +60,7 @@ def train_teacher(
     Trains `model` in place and returns a new module with the EMA of its weights, in eval mode.
     See the module docstring for checkpoints, resume and DDP.
     """
-    data = check_data(data)
+    data = check_data(data, bounded=bounded)
     if labels is not None:
         labels = check_labels(labels, data.shape[0])
     ctx = _dist_context()
