@@ -35,6 +35,9 @@ import torch
 from torch import Tensor
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+#: the captions of the built-in captioned digits, chosen in turn: each names the digit
+DIGIT_TEMPLATES = ("a handwritten digit {word}", "the number {n}", "a drawing of the digit {n}", "{word}")
 CACHE_FILE = "encoded.safetensors"
 
 
@@ -116,6 +119,22 @@ def load_captioned(folder: str, resolution: Any = None, channels: int | None = N
         raise ValueError(f"--data: images of {folder} differ in size ({sorted(sizes)}); pass --resolution")
     x = torch.cat(images).clamp(-1.0, 1.0).contiguous()
     return Captioned(x, [text for _, text in records], os.path.basename(os.path.normpath(folder)))
+
+
+def digit_caption(label: int, i: int) -> str:
+    """The caption of the i-th digit, of class `label`: `DIGIT_TEMPLATES` in turn."""
+    return DIGIT_TEMPLATES[i % len(DIGIT_TEMPLATES)].format(word=DIGIT_WORDS[label], n=label)
+
+
+def captioned_digits(resolution: Any = None, channels: int | None = None) -> Captioned:
+    """The 8x8 digits (`pd_fast.app.data.digits`) as captioned images, fitted to `resolution` and
+    `channels`, each captioned by a template that names its digit ("a handwritten digit seven", "the
+    number 7", ...), as a text-to-image teacher's data."""
+    from .data import digits, fit_images
+
+    d = digits()
+    captions = [digit_caption(int(c), i) for i, c in enumerate(d.labels)]
+    return Captioned(fit_images(d.x, resolution, channels, name="digits").contiguous(), captions, "digits")
 
 
 def _batched(fn: Callable[[Any], Tensor], items: Any, batch_size: int, desc: str, progress: bool) -> Tensor:

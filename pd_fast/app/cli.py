@@ -24,7 +24,12 @@ from .config import GuidedConfig, RunConfig, config_class, defaults, field_names
 
 NOT_FLAGS = ("out", "resume", "device", "threads", "guided", "no_progress", "debug")
 GUIDED_ONLY = tuple(n for n in field_names(GuidedConfig) if n not in field_names(config_class("builtin")))
-WHERE = {"builtin": "the built-in job", "guided": "--guided", "diffusers": "a diffusers --teacher"}
+WHERE = {
+    "builtin": "the built-in job",
+    "guided": "--guided",
+    "diffusers": "a diffusers --teacher",
+    "text_to_image": "a latent pipeline --teacher",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue a killed run in --out (or the newest under runs/) from its last checkpoint",
     )
-    _guided_flags(p.add_argument_group("guided distillation (Meng et al., 2023)"))
+    _guided_flags(
+        p.add_argument_group("guided distillation (Meng et al., 2023): --guided and latent teachers")
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
@@ -139,6 +146,13 @@ def _guided_flags(g: Any) -> None:
     g.add_argument("--guidance-iters", type=int, help="stage 1 iterations (default 6000)")
     g.add_argument("--guidance-lr", type=float, help="stage 1 learning rate (default 1e-3, annealed to 0)")
     g.add_argument("--eval-w", help="guidance weights to evaluate, comma-separated (default 0,1,2,4)")
+    g.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="latent teacher: evaluation prompts, one a line (default: the data's captions)",
+    )
+    g.add_argument("--guidance-dim", type=int, help="latent teacher: size of the student's w embedding (256)")
+    g.add_argument("--eval-samples", type=int, help="latent teacher: samples per evaluated set (64)")
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,14 +162,16 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def choose_job(args: argparse.Namespace) -> str:
     from .jobs.diffusers_teacher import is_diffusers_teacher
+    from .jobs.text_to_image import is_latent_pipeline
 
     diffusers = is_diffusers_teacher(args.teacher)
+    latent = diffusers and is_latent_pipeline(args.teacher)
     if args.guided and diffusers:
         raise ValueError(
             f"--teacher {args.teacher} is a diffusers pipeline folder, and --guided trains on a "
             "conditional built-in network: pass a --teacher checkpoint of a --guided run, or none"
         )
-    return "guided" if args.guided else "diffusers" if diffusers else "builtin"
+    return "guided" if args.guided else "text_to_image" if latent else "diffusers" if diffusers else "builtin"
 
 
 def refuse_foreign(given: dict[str, Any], cls: type[RunConfig], resumed: str | None = None) -> None:
@@ -174,7 +190,14 @@ def refuse_foreign(given: dict[str, Any], cls: type[RunConfig], resumed: str | N
 def refuse_unused(given: dict[str, Any], cls: type[RunConfig]) -> None:
     """ValueError naming a flag that a new run of the built-in or guided job would ignore: a teacher
     training flag beside a --teacher checkpoint, and another network's size."""
-    if cls.job == "diffusers":
+    if cls.job == "text_to_image":
+        for k in ("resolution", "eval_max_steps"):
+            if k in given:
+                raise ValueError(
+                    f"{flag(k)} does not apply to a latent pipeline --teacher (images are fitted to "
+                    "its autoencoder; the teacher's reference is 256 guided DDIM steps)"
+                )
+    if cls.job in ("diffusers", "text_to_image"):
         return
     for k in ("teacher_iters", "teacher_lr", "teacher_batch_size"):
         if given.get("teacher") and k in given:
@@ -210,7 +233,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
     refuse_foreign(given, cls)
     refuse_unused(given, cls)
     values = defaults(cls, args.quick)
-    if cls.job == "diffusers" and "start_steps" not in given:
+    if cls.job in ("diffusers", "text_to_image") and "start_steps" not in given:
         from ..integrations.diffusers import default_start_steps, read_num_train_timesteps
 
         values["start_steps"] = default_start_steps(

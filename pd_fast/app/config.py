@@ -2,8 +2,9 @@
 
     BuiltinConfig      the built-in job: a built-in network trained on built-in or user data
     GuidedConfig       the guided job ([GD]): BuiltinConfig plus the guidance settings
-    DiffusersConfig    a diffusers pipeline folder as the teacher
-    config_class(job) -> the class of a job name ("builtin", "guided", "diffusers")
+    DiffusersConfig    a diffusers pipeline folder (a pixel-space UNet2DModel) as the teacher
+    TextToImageConfig  a latent pipeline folder (Stable Diffusion, LDM) as the teacher
+    config_class(job) -> the class of a job name ("builtin", "guided", "diffusers", "text_to_image")
     defaults(cls, quick) -> the field values of a new run before its flags
     cfg.to_dict() / config_from_dict(d, where)   what config.json holds: {"job": ..., every field}
 
@@ -241,7 +242,61 @@ class DiffusersConfig(RunConfig):
             _positive_ints(self, "reparam_iters")
 
 
-CONFIGS: dict[str, type[RunConfig]] = {c.job: c for c in (BuiltinConfig, GuidedConfig, DiffusersConfig)}
+@dataclass(frozen=True)
+class TextToImageConfig(RunConfig):
+    """A latent pipeline folder as the teacher (docs/spec.md section 10): a `StableDiffusionPipeline`
+    gets guided distillation ([GD] stages 1 and 2) into students that take w and make one UNet call
+    a step, exported as `StableDiffusionPipeline` folders; an `LDMPipeline` (unconditional) gets
+    progressive distillation in latent space. `data`: a captioned image folder (metadata.jsonl or
+    metadata.csv), or "digits" (the 8x8 digits with captions naming them)."""
+
+    job: ClassVar[str] = "text_to_image"
+    quick_defaults: ClassVar[dict[str, Any]] = dict(
+        RunConfig.quick_defaults, batch_size=32, guidance_iters=100, eval_samples=16
+    )
+    full_defaults: ClassVar[dict[str, Any]] = dict(iters=1000, lr=1e-4, batch_size=64)
+
+    teacher: str = ""
+    param: str = "v"
+    prompts: str | None = None
+    # w = guidance_scale - 1: [0, 8] covers the guidance scales users sample with (1 to 9; 7.5)
+    w_min: float = 0.0
+    w_max: float = 8.0
+    guidance_iters: int = 2000
+    guidance_lr: float = 1e-4
+    guidance_dim: int = 256
+    eval_w: str = "0,2,6.5"
+    eval_samples: int = 64
+
+    def check(self) -> None:
+        super().check()
+        _choice(self, "param", PARAMS)
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise ValueError(f"--teacher must be the path of a pipeline folder, got {self.teacher!r}")
+        if self.prompts is not None and (not isinstance(self.prompts, str) or not self.prompts):
+            raise ValueError(f"--prompts must be the path of a text file, got {self.prompts!r}")
+        for name in ("w_min", "w_max", "guidance_lr"):
+            v = getattr(self, name)
+            if not _is_number(v) or not math.isfinite(v) or abs(v) > FLOAT32_MAX:
+                raise ValueError(f"{flag(name)} must be a finite number, got {v!r}")
+        if self.w_min < 0 or self.w_max < self.w_min:
+            raise ValueError(
+                f"--w-min and --w-max must satisfy 0 <= w-min <= w-max, got {self.w_min}, {self.w_max}"
+            )
+        _positive_floats(self, "guidance_lr")
+        _positive_ints(self, "guidance_iters", "guidance_dim", "eval_samples")
+        if self.guidance_dim % 2:
+            raise ValueError(f"--guidance-dim must be even (sines and cosines), got {self.guidance_dim}")
+        eval_ws(self.eval_w)
+
+    def ws(self) -> list[tuple[str, float]]:
+        """`--eval-w` as (name as written, value) pairs."""
+        return eval_ws(self.eval_w)
+
+
+CONFIGS: dict[str, type[RunConfig]] = {
+    c.job: c for c in (BuiltinConfig, GuidedConfig, DiffusersConfig, TextToImageConfig)
+}
 
 
 def config_class(job: str) -> type[RunConfig]:

@@ -505,3 +505,64 @@ def plot_grid(samples: dict[str, tuple[Tensor, Tensor]], w: str, classes: int, p
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+# ----- the text-to-image job -------------------------------------------------------------------
+
+
+def format_latent_table(report: dict[str, Any]) -> str:
+    """One line per (model, N), a column group (distance with its interval, UNet calls per image)
+    per w: the text-to-image job's rows (`pd_fast.app.evaluation.latent`)."""
+    rows, ws = report["rows"], report["ws"]
+    head = f"{'model':<14}" + "".join(f" | w={w!s:<6} distance [95%]        calls" for w in ws)
+    lines = [
+        "RMS latent distance to the teacher's 256-step guided DDIM sample (same noise and prompt)",
+        head,
+    ]
+    lines.append("-" * len(head))
+    for model, steps in sorted({(r["model"], r["steps"]) for r in rows}, key=lambda k: (k[0], k[1])):
+        cells = []
+        for w in ws:
+            r = next((r for r in rows if (r["model"], r["steps"], r["w"]) == (model, steps, w)), None)
+            if r is None:
+                cells.append(" | " + " " * 35)
+                continue
+            lo, hi = r["interval"]
+            cells.append(
+                f" | {r['distance']:8.4g} [{lo:.4g}, {hi:.4g}]".ljust(30)
+                + f"{r['unet_calls_per_image']:6.0f}"
+            )
+        lines.append(f"{f'{model} N={steps}':<14}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot_prompt_grid(columns: list[tuple[str, Tensor]], prompts: list[str], title: str, path: str) -> bool:
+    """A grid of decoded images: one row per prompt, one column per (title, images (n, C, H, W) in
+    about [-1, 1]). False (nothing written) without images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not columns:
+        return False
+    n = min(len(prompts), min(x.shape[0] for _, x in columns))
+    fig, axes = plt.subplots(
+        n, len(columns), figsize=(1.3 * len(columns) + 2.5, 1.2 * n + 0.4), squeeze=False
+    )
+    for j, (name, x) in enumerate(columns):
+        for i in range(n):
+            ax = axes[i, j]
+            img = ((x[i].clamp(-1, 1) + 1) / 2).numpy()
+            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(prompts[i][:28], rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

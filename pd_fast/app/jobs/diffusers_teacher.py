@@ -160,7 +160,7 @@ def reparameterize_teacher(
 
     if cfg.param == teacher_param:
         return {}, None
-    start, iters = cfg.start_steps, cfg.reparam_iters or 2 * cfg.iters
+    start, iters = cfg.start_steps, getattr(cfg, "reparam_iters", None) or 2 * cfg.iters
     stem = Path(run.out) / "checkpoints" / f"reparam_{start}"
     if run.resume and stem.with_suffix(".safetensors").is_file():
         student = copy.deepcopy(teacher)

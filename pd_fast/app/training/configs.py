@@ -147,17 +147,26 @@ class _GuidanceConfig(_StageConfig):
     w_min: float
     w_max: float
     teacher: str | None  # the teacher's model_fingerprint when the run writes checkpoints
+    teacher_param: str | None = None  # the teacher's output, where it is not the student's
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._set("iters", _positive_int("iters", self.iters))
+        if self.teacher_param is not None:
+            self._set("teacher_param", param_name(self.teacher_param))
         w_min, w_max = _w_range(self.w_min, self.w_max)
         self._set("w_min", w_min)
         self._set("w_max", w_max)
 
     def to_dict(self) -> dict[str, Any]:
+        other = {} if self.teacher_param in (None, self.param) else {"teacher_param": self.teacher_param}
         return dict(
-            super().to_dict(), iters=self.iters, w_min=self.w_min, w_max=self.w_max, teacher=self.teacher
+            super().to_dict(),
+            iters=self.iters,
+            w_min=self.w_min,
+            w_max=self.w_max,
+            teacher=self.teacher,
+            **other,
         )
 
     @property

@@ -38,6 +38,7 @@ def distill_guidance(
     cond: Any = None,
     null_cond: Any = None,
     student: nn.Module | None = None,
+    teacher_param: str | None = None,
     w_min: float = 0.0,
     w_max: float = 4.0,
     schedule: Any = None,
@@ -70,7 +71,9 @@ def distill_guidance(
     embeddings) in place of `labels`, with `null_cond` (the empty prompt's, (...) or (1, ...)) as
     the unconditional input; `student`, a w-conditioned model `student(z, t, c, w)` that starts as
     the teacher (e.g. a diffusers UNet with `time_cond_proj_dim`), built by the caller (default:
-    `w_conditioned_from(teacher, seed)`, for the built-in networks).
+    `w_conditioned_from(teacher, seed)`, for the built-in networks). `teacher_param`: the teacher's
+    output where it is not the student's `param` (an eps teacher of v students, as in
+    `pd_fast.app.reparam`): the target is read in it, the student's loss in `param`.
 
     Returns the student in eval mode; `teacher` is not modified (its mode is restored). Checkpoints
     (`guided` model, `guidance` training state), resume and DDP as the other stages (module docstring).
@@ -101,7 +104,7 @@ def distill_guidance(
         data=data_fingerprint(data) if out_dir is not None else None,
         labels=_labels_fingerprint(labels if null is None else torch.cat([labels, null]), out_dir),
         w_min=w_min, w_max=w_max,
-        teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None,
+        teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None, teacher_param=teacher_param,
     )  # fmt: skip
     params = _trainable(student, "student")
     stage = _Stage.open(
@@ -121,7 +124,7 @@ def distill_guidance(
         round=0, steps=None, iters=cfg.iters, desc="guidance (stage 1)",
         net=_wrap(student, ctx, device), params=params, opt=opt, modules={"student": student},
         draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
-        target=functools.partial(_guided_target, teacher, cfg.param, null),
+        target=functools.partial(_guided_target, teacher, cfg.teacher_param or cfg.param, null),
         lr_at=lambda k: cfg.lr * (1.0 - k / cfg.iters),
         draw_cond=functools.partial(_labels_and_w, stage.c_local, cfg.w_min, cfg.w_max, device),
     )  # fmt: skip
