@@ -565,3 +565,15 @@ def test_importing_the_latent_integration_imports_neither_diffusers_nor_transfor
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_cli_pixel_teacher_job_refuses_a_latent_pipeline_before_writing(
+    sd_folders, ldm_folder, tmp_path, capsys
+):
+    from pd_fast.app.cli import main
+
+    for folder, kind in ((sd_folders["pndm-eps"], "stable_diffusion"), (ldm_folder, "ldm")):
+        out = tmp_path / kind
+        assert main(["--teacher", str(folder), "--quick", "--no-progress", "--out", str(out)]) == 2
+        assert f"is a latent ({kind}) pipeline" in capsys.readouterr().err
+        assert not out.exists()
