@@ -202,7 +202,8 @@ def _load_unet(folder: Path) -> nn.Module:
     name = _read_json(config).get("_class_name")
     if name != "UNet2DModel":
         raise ValueError(
-            f"path: {config} describes a {name!r}; pd_fast imports pixel-space UNet2DModel networks only"
+            f"path: {config} describes a {name!r}; a model folder must hold a UNet2DModel (latent UNets come "
+            "in their LDMPipeline or StableDiffusionPipeline folder)"
         )
     return _diffusers().UNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False)
 
