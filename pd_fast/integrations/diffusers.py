@@ -21,6 +21,11 @@ clip_sample=False, prediction_type=...)` with `cumprod(1 - beta)[k] = alpha_bar(
 N-step trailing grid is `t = i/N`, and its DDIM step (eta = 0) is docs/spec.md section 3's, for every
 N dividing T (diffusers steps from timestep k to `k - T // N`).
 
+**Latent pipelines.** `from_diffusers` gives a `StableDiffusionPipeline` or `LDMPipeline` folder to
+`pd_fast.integrations.latent` (a `LatentPipeline`: the teacher and its autoencoder and text encoder,
+docs/spec.md section 10), and `to_diffusers(..., pipeline=teacher)` writes a student as such a
+pipeline; every other pipeline is refused in one line naming what is supported.
+
 diffusers (and Pillow, which it needs) is an optional dependency: `pip install -e .[diffusers]`.
 It is imported inside the functions, so importing this module does not import it.
 """
@@ -31,12 +36,15 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..schedules import DiscreteSchedule
+
+if TYPE_CHECKING:
+    from .latent import LatentPipeline
 
 __all__ = [
     "DiffusersUNet",
@@ -101,7 +109,8 @@ class DiffusersUNet(nn.Module):
             k = torch.where(torch.abs(k - nearest) <= tol, nearest, k)
         return k.to(torch.float32)
 
-    def forward(self, z: Tensor, t: Any, c: Tensor | None = None) -> Tensor:
+    def batch_times(self, z: Tensor, t: Any) -> Tensor:
+        """`t` as a (B,) tensor on z's device, after checking that z is (B, C, H, W)."""
         if not isinstance(z, Tensor) or z.ndim != 4:
             shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"z must be a (B, C, H, W) tensor, got {shape}")
@@ -110,6 +119,10 @@ class DiffusersUNet(nn.Module):
             t = t.expand(z.shape[0])
         if t.shape != (z.shape[0],):
             raise ValueError(f"t must have shape ({z.shape[0]},) (the batch of z), got {tuple(t.shape)}")
+        return t
+
+    def forward(self, z: Tensor, t: Any, c: Tensor | None = None) -> Tensor:
+        t = self.batch_times(z, t)
         if self.conditional and c is None:
             raise ValueError(
                 "c: this UNet is class-conditional; call model(z, t, c) with labels c of shape (B,)"
@@ -189,7 +202,8 @@ def _load_unet(folder: Path) -> nn.Module:
     name = _read_json(config).get("_class_name")
     if name != "UNet2DModel":
         raise ValueError(
-            f"path: {config} describes a {name!r}; pd_fast imports pixel-space UNet2DModel networks only"
+            f"path: {config} describes a {name!r}; a model folder must hold a UNet2DModel (latent UNets come "
+            "in their LDMPipeline or StableDiffusionPipeline folder)"
         )
     return _diffusers().UNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False)
 
@@ -212,10 +226,30 @@ def schedule_from_scheduler(scheduler: Any) -> DiscreteSchedule:
         raise ValueError(f"scheduler: its alphas_cumprod is not a schedule pd_fast can use: {err}") from err
 
 
+def schedule_and_param(scheduler: Any) -> tuple[DiscreteSchedule, str]:
+    """The schedule (`schedule_from_scheduler`) and `param` (from `prediction_type`) of a diffusers
+    scheduler; an eps model on a zero-terminal-SNR schedule is refused (docs/spec.md section 9)."""
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"scheduler: prediction_type {prediction_type!r} is not one of {sorted(PREDICTION_TYPES)}"
+        )
+    param = PREDICTION_TYPES[prediction_type]
+    schedule = schedule_from_scheduler(scheduler)
+    if param == "eps" and float(schedule.alphas_cumprod[-1]) == ZERO_SNR_ALPHA_BAR:
+        raise ValueError(
+            "scheduler: an epsilon model on a zero-terminal-SNR schedule (rescale_betas_zero_snr) cannot "
+            "predict x at t = 1 (x_hat = (z - sigma*eps)/alpha with alpha = 0; diffusers' DDIM gives NaN "
+            "there too): such models need prediction_type 'v_prediction'"
+        )
+    return schedule, param
+
+
 def from_diffusers(
     path: str | os.PathLike, scheduler: Any = None
-) -> tuple[DiffusersUNet, DiscreteSchedule, str]:
-    """A diffusers `UNet2DModel` as `(model, schedule, param)` (docs/spec.md section 9).
+) -> tuple[DiffusersUNet, DiscreteSchedule, str] | LatentPipeline:
+    """A diffusers `UNet2DModel` as `(model, schedule, param)` (docs/spec.md section 9), or a latent
+    pipeline as a `LatentPipeline` (docs/spec.md section 10).
 
     path: a pipeline folder (`model_index.json` naming `unet` and `scheduler`, as `save_pretrained`
     writes it), or a bare `UNet2DModel` folder, which needs `scheduler` (a diffusers scheduler, or a
@@ -226,12 +260,20 @@ def from_diffusers(
     Sampling it with `pd_fast.sample(model, z, N, schedule, param, clip=False)` is diffusers'
     `DDIMPipeline` with `DDIMScheduler(timestep_spacing="trailing", clip_sample=False,
     set_alpha_to_one=True)` from the same config, for every N dividing T.
+    A `StableDiffusionPipeline` or `LDMPipeline` folder gives a `LatentPipeline` instead: the teacher
+    with the same `model`, `schedule` and `param` attributes, plus its autoencoder (and text encoder);
+    see `pd_fast.integrations.latent`. Other pipelines (SDXL, inpainting, ControlNet, flow matching,
+    ...) are refused with a ValueError naming what is supported.
     """
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"path: {folder} is not a folder (a diffusers pipeline or model folder)")
     if (folder / "model_index.json").is_file():
+        from .latent import load_latent_pipeline, pipeline_kind
+
         index = _read_json(folder / "model_index.json")
+        if pipeline_kind(folder, index) is not None:
+            return load_latent_pipeline(folder, scheduler)
         for key in ("unet", "scheduler"):
             if key not in index or not (folder / key).is_dir():
                 raise ValueError(
@@ -253,19 +295,7 @@ def from_diffusers(
             f"path: {folder} holds neither model_index.json (a pipeline) nor config.json (a model)"
         )
     scheduler = _load_scheduler(scheduler)
-    prediction_type = scheduler.config.get("prediction_type", "epsilon")
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"scheduler: prediction_type {prediction_type!r} is not one of {sorted(PREDICTION_TYPES)}"
-        )
-    param = PREDICTION_TYPES[prediction_type]
-    schedule = schedule_from_scheduler(scheduler)
-    if param == "eps" and float(schedule.alphas_cumprod[-1]) == ZERO_SNR_ALPHA_BAR:
-        raise ValueError(
-            "scheduler: an epsilon model on a zero-terminal-SNR schedule (rescale_betas_zero_snr) cannot "
-            "predict x at t = 1 (x_hat = (z - sigma*eps)/alpha with alpha = 0; diffusers' DDIM gives NaN "
-            "there too): such models need prediction_type 'v_prediction'"
-        )
+    schedule, param = schedule_and_param(scheduler)
     unet = _load_unet(unet_folder)
     cfg = unet.config
     if cfg.out_channels != cfg.in_channels:
@@ -280,26 +310,76 @@ def from_diffusers(
 # ----- export ----------------------------------------------------------------------------------
 
 
-def _unet_and_timesteps(model: Any, schedule: Any) -> tuple[nn.Module, int]:
+#: the diffusers networks that `to_diffusers` exports (to DDIMPipeline, LDMPipeline, StableDiffusionPipeline)
+EXPORTED_UNETS = ("UNet2DModel", "UNet2DConditionModel")
+
+
+def unwrap_unet(model: Any, schedule: Any) -> tuple[nn.Module, int]:
+    """The diffusers UNet inside `model` (a `DiffusersUNet` or a subclass, possibly inside
+    DistributedDataParallel, or a bare UNet with a `DiscreteSchedule`) and its `T`."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     if isinstance(model, DiffusersUNet):
         unet, T = model.unet, model.num_train_timesteps
-    elif type(model).__name__ == "UNet2DModel":
+    elif type(model).__name__ in EXPORTED_UNETS:
         if not isinstance(schedule, DiscreteSchedule):
             raise ValueError(
-                "model: a bare UNet2DModel has no number of timesteps of its own; pass it with a "
-                "DiscreteSchedule, or as the DiffusersUNet that from_diffusers returns"
+                f"model: a bare {type(model).__name__} has no number of timesteps of its own; pass it with a "
+                "DiscreteSchedule, or as the wrapper that from_diffusers returns"
             )
         unet, T = model, schedule.num_train_timesteps
     else:
         raise ValueError(
-            f"model: to_diffusers exports a diffusers UNet2DModel (as from_diffusers returns it), got "
-            f"{type(model).__name__}, which DDIMPipeline cannot load"
+            f"model: to_diffusers exports a diffusers {' or '.join(EXPORTED_UNETS)} (as from_diffusers "
+            f"returns them), got {type(model).__name__}, which diffusers' pipelines cannot load"
         )
-    if type(unet).__name__ != "UNet2DModel":
-        raise ValueError(f"model: DDIMPipeline needs a UNet2DModel, got {type(unet).__name__}")
+    if type(unet).__name__ not in EXPORTED_UNETS:
+        raise ValueError(f"model: diffusers' pipelines need a {EXPORTED_UNETS}, got {type(unet).__name__}")
     return unet, T
+
+
+def check_export_steps(steps: Any, num_train_timesteps: int) -> int:
+    """`steps`, checked to be a positive integer dividing T (docs/spec.md section 9)."""
+    T = num_train_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if T % steps:
+        divisors = [n for n in range(1, T + 1) if T % n == 0][:12]
+        raise ValueError(
+            f"steps: {steps} does not divide num_train_timesteps = {T}; diffusers' DDIMScheduler steps from "
+            f"timestep k to k - {T} // N, so only N dividing {T} lie on its grid (e.g. {divisors})"
+        )
+    return steps
+
+
+def prediction_type_of(param: str) -> str:
+    """diffusers' `prediction_type` for pd_fast's `param` (eps, v or x)."""
+    param_to_type = {v: k for k, v in PREDICTION_TYPES.items()}
+    if param not in param_to_type:
+        raise ValueError(
+            f"param must be one of {sorted(param_to_type)} (diffusers prediction types), got {param!r}"
+        )
+    return param_to_type[param]
+
+
+def ddim_scheduler(schedule: Any, num_train_timesteps: int, param: str) -> Any:
+    """The exported scheduler (docs/spec.md section 9): `DDIMScheduler(trained_betas=export_betas(...),
+    timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, prediction_type=...)`."""
+    return _diffusers().DDIMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        trained_betas=export_betas(schedule, num_train_timesteps).tolist(),
+        prediction_type=prediction_type_of(param),
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        clip_sample=False,
+        # unused by trailing spacing; 1 spares the StableDiffusionPipeline's rewrite of an "outdated" 0
+        steps_offset=1,
+    )
+
+
+def write_export_info(folder: Path, info: dict) -> None:
+    """`pd_fast.json` next to an exported pipeline: how pd_fast made it and how to sample it."""
+    (folder / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
 
 def export_alphas_cumprod(schedule: Any, num_train_timesteps: int) -> Tensor:
@@ -332,7 +412,15 @@ def export_betas(schedule: Any, num_train_timesteps: int) -> Tensor:
     return 1.0 - acp / previous
 
 
-def to_diffusers(model: nn.Module, schedule: Any, param: str, path: str | os.PathLike, steps: int) -> Path:
+def to_diffusers(
+    model: nn.Module,
+    schedule: Any,
+    param: str,
+    path: str | os.PathLike,
+    steps: int,
+    *,
+    pipeline: LatentPipeline | str | os.PathLike | None = None,
+) -> Path:
     """Write `model` as a diffusers `DDIMPipeline` folder (`model_index.json`, `unet/`,
     `scheduler/`, plus `pd_fast.json` recording `steps`), returning the folder.
 
@@ -345,46 +433,34 @@ def to_diffusers(model: nn.Module, schedule: Any, param: str, path: str | os.Pat
     (channels last), z being the `randn((B, C, H, W), generator=g)` the pipeline draws.
     `steps` must divide T: diffusers steps from timestep k to `k - T // steps`, so no other N is on
     its grid. Class-conditional UNets are refused (DDIMPipeline passes no labels).
+    With `pipeline` (the `LatentPipeline` that `from_diffusers` gave for the teacher's folder, or that
+    folder), the student becomes a `StableDiffusionPipeline` or `LDMPipeline` folder holding the
+    teacher's other components unchanged (`pd_fast.integrations.latent.export_latent_pipeline`); a
+    `UNet2DConditionModel` student needs it.
     """
-    unet, T = _unet_and_timesteps(model, schedule)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if T % steps:
-        divisors = [n for n in range(1, T + 1) if T % n == 0][:12]
-        raise ValueError(
-            f"steps: {steps} does not divide num_train_timesteps = {T}; diffusers' DDIMScheduler steps from "
-            f"timestep k to k - {T} // N, so only N dividing {T} lie on its grid (e.g. {divisors})"
-        )
-    param_to_type = {v: k for k, v in PREDICTION_TYPES.items()}
-    if param not in param_to_type:
-        raise ValueError(
-            f"param must be one of {sorted(param_to_type)} (diffusers prediction types), got {param!r}"
-        )
+    unet, T = unwrap_unet(model, schedule)
+    steps = check_export_steps(steps, T)
+    prediction_type_of(param)
+    if pipeline is not None or type(unet).__name__ != "UNet2DModel":
+        from .latent import export_latent_pipeline
+
+        return export_latent_pipeline(unet, T, schedule, param, path, steps, pipeline)
     if unet.config.out_channels != unet.config.in_channels:
         raise ValueError("model: the UNet's output channels differ from its input channels")
     if getattr(unet, "class_embedding", None) is not None:
         raise ValueError(
             "model: a class-conditional UNet cannot be exported to DDIMPipeline (it passes no labels)"
         )
-    diffusers = _diffusers()
-    betas = export_betas(schedule, T)
-    scheduler = diffusers.DDIMScheduler(
-        num_train_timesteps=T,
-        trained_betas=betas.tolist(),
-        prediction_type=param_to_type[param],
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        clip_sample=False,
-    )
+    scheduler = ddim_scheduler(schedule, T, param)
     out = Path(path)
-    diffusers.DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(out))
+    _diffusers().DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(out))
     info = {
         "steps": steps,
         "param": param,
         "num_train_timesteps": T,
         "sample": f"DDIMPipeline.from_pretrained(path)(num_inference_steps={steps}, output_type='np')",
     }
-    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    write_export_info(out, info)
     return out
 
 

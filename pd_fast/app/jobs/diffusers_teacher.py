@@ -63,6 +63,7 @@ def prepare(cfg: DiffusersConfig, run: Run) -> Inputs:
     """The teacher and the data, checked to fit each other; ValueError with a one-line message
     otherwise (before anything is written)."""
     from ...integrations.diffusers import PREDICTION_TYPES, from_diffusers
+    from ...integrations.latent import latent_pipeline_kind
     from ..data import load_data
     from .checks import check_memory
 
@@ -70,6 +71,12 @@ def prepare(cfg: DiffusersConfig, run: Run) -> Inputs:
         raise ValueError(
             f"--param {cfg.param}: a diffusers UNet predicts one of {sorted(PREDICTION_TYPES.values())} "
             "(its output has the input's channels)"
+        )
+    kind = latent_pipeline_kind(cfg.teacher)
+    if kind is not None:
+        raise ValueError(
+            f"--teacher: {cfg.teacher} is a latent ({kind}) pipeline; this job distills pixel-space "
+            "UNet2DModel pipelines on images (latent pipelines: pd_fast.integrations.latent)"
         )
     teacher, schedule, teacher_param = from_diffusers(cfg.teacher)
     if teacher.conditional:
