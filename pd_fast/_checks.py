@@ -309,3 +309,40 @@ def labels_tensor(labels: Any, batch: int, device: torch.device, classes: int | 
             f"labels must be < {classes} (the model's classes) or -1, got max {arr.max().item()}"
         )
     return arr.contiguous()
+
+
+def cond_tensors(cond: Any, null_cond: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A tensor condition (docs/spec.md section 8; e.g. prompt embeddings (B, L, D)): `cond`, a
+    floating tensor (B, ...) on z's device, and `null_cond` (or None) of cond's trailing shape, dtype
+    and device with first dim 1 or B, broadcast to cond's shape. Metadata only: no device work
+    beyond that broadcast, no host sync; the values are the model's business."""
+    batch = z.shape[0]
+    cond = _cond_tensor("cond", cond, z)
+    if cond.ndim < 1 or cond.shape[0] != batch:
+        raise ValueError(
+            f"cond must have shape (B, ...) with B = {batch} (z's batch), got {tuple(cond.shape)}"
+        )
+    if null_cond is None:
+        return cond, None
+    null_cond = _cond_tensor("null_cond", null_cond, z)
+    if null_cond.shape[1:] != cond.shape[1:] or null_cond.ndim < 1 or null_cond.shape[0] not in (1, batch):
+        want = ", ".join([f"1 or {batch}", *map(str, cond.shape[1:])])
+        raise ValueError(
+            f"null_cond must have shape ({want}) (cond's trailing shape), got {tuple(null_cond.shape)}"
+        )
+    if null_cond.dtype != cond.dtype:
+        raise ValueError(f"null_cond has dtype {null_cond.dtype} but cond has {cond.dtype}: use one dtype")
+    null_cond = null_cond.detach()
+    if null_cond.shape[0] != batch:  # one null condition for the batch (e.g. the empty prompt's)
+        null_cond = null_cond.expand(cond.shape).contiguous()
+    return cond.detach(), null_cond
+
+
+def _cond_tensor(name: str, value: Any, z: torch.Tensor) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype, got {value.dtype}")
+    if value.device != z.device:
+        raise ValueError(f"{name} is on {value.device} but z is on {z.device}: use one device")
+    return value

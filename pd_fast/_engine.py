@@ -9,8 +9,9 @@ them to fp32; `apply` runs the combination in fp32, in one fused pass on the Tri
 (`kernels.sampler_step`) or as the torch expression on the torch path. `plan` computes every
 step of the sampler before its `loop` (no host work inside the loop, so it can be captured in a
 CUDA graph: `graphed_loop`). A `Guide` makes every step classifier-free guided (docs/spec.md
-section 8): the model is called with the labels and, when guided, with the null label, and `apply`
-combines the two predictions. Nothing here checks its inputs: the public functions did.
+section 8): the model is called with the condition (labels or a tensor) and, when guided, with the
+null condition, and `apply` combines the two predictions. Nothing here checks its inputs: the
+public functions did.
 """
 
 from __future__ import annotations
@@ -51,11 +52,13 @@ Prepared = tuple[torch.Tensor | None, ...]
 
 
 class Guide(NamedTuple):
-    """How a conditional model is called (docs/spec.md section 8): `model(z, t, labels)`, and, when
-    `w` is set (fp32 (B,), some w > 0), also `model(z, t, null)` for the guided prediction."""
+    """How a conditional model is called (docs/spec.md section 8): `model(z, t, cond)`, and, when
+    `w` is set (fp32 (B,), some w > 0), also `model(z, t, null)` for the guided prediction. The
+    condition is class labels (int64 (B,); null: all NULL_LABEL) or a floating tensor (B, ...)
+    (null: the null condition, e.g. the empty prompt's embedding, broadcast to the batch)."""
 
-    labels: torch.Tensor  # int64 (B,)
-    null: torch.Tensor  # int64 (B,), all NULL_LABEL
+    cond: torch.Tensor
+    null: torch.Tensor | None  # None for a tensor condition when no w > 0
     w: torch.Tensor | None
 
 
@@ -175,11 +178,11 @@ def on_cpu(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def model_out(
-    model: Model, z: torch.Tensor, t: torch.Tensor, param: str, labels: torch.Tensor | None = None
+    model: Model, z: torch.Tensor, t: torch.Tensor, param: str, cond: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """`model(z, t)`, or `model(z, t, labels)`, checked: a tensor of z's dtype and device, shaped as
-    `param` wants."""
-    out = tensor("model output", model(z, t) if labels is None else model(z, t, labels))
+    """`model(z, t)`, or `model(z, t, cond)` (labels or a tensor condition), checked: a tensor of
+    z's dtype and device, shaped as `param` wants."""
+    out = tensor("model output", model(z, t) if cond is None else model(z, t, cond))
     like("model output", out, "z", z)
     out_matches(out, z, param, name="model output")
     return out
@@ -188,11 +191,11 @@ def model_out(
 def step_outs(
     model: Model, z: torch.Tensor, t: torch.Tensor, param: str, guide: Guide | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The model's output at (z, t) (with the labels, if any), and `apply`'s guidance arguments
-    (`out_uncond`, the output with the null label, and `w`) when the step is guided."""
+    """The model's output at (z, t) (with the condition, if any), and `apply`'s guidance arguments
+    (`out_uncond`, the output with the null condition, and `w`) when the step is guided."""
     if guide is None:
         return model_out(model, z, t, param), {}
-    out = model_out(model, z, t, param, guide.labels)
+    out = model_out(model, z, t, param, guide.cond)
     if guide.w is None:
         return out, {}
     return out, {"out_uncond": model_out(model, z, t, param, guide.null), "w": guide.w}

@@ -117,7 +117,7 @@ def student_grid_index(t: np.ndarray, steps: int, resolution: float = 0.0) -> np
     return i
 
 
-def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.0):
+def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.0, cond=None, null_cond=None):
     """`teacher_two_step`, also returning the float64 (alpha_t, sigma_t) of the student's time.
 
     The (B,) times live on the host, in NumPy (an op on a hundred floats costs about a
@@ -126,7 +126,7 @@ def _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels=None, w=0.
     param = param_name(param)
     schedule = schedule_arg(schedule)
     z_t = tensor("z_t", z_t)
-    guide = guide_for(labels, w, z_t, teacher)
+    guide = guide_for(labels, w, z_t, teacher, cond=cond, null_cond=null_cond)
     batch, device, dtype = z_t.shape[0], z_t.device, z_t.dtype
     floating = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
     resolution = torch.finfo(t.dtype).eps if floating else 0.0
@@ -178,6 +178,8 @@ def teacher_two_step(
     param: str,
     *,
     labels: Any = None,
+    cond: torch.Tensor | None = None,
+    null_cond: torch.Tensor | None = None,
     w: Any = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The teacher's two DDIM steps (never clipped) t -> t' = t - 0.5/N -> t'' = t - 1/N for a
@@ -192,9 +194,12 @@ def teacher_two_step(
     Guided teacher (docs/spec.md section 8): with `labels` (an int, or integers (B,): a tensor, a NumPy
     array or a list) the teacher is called `teacher(z, t, labels)`, and, if some w > 0, also `teacher(z,
     t, null)`; both steps (and the final x_hat) use the guided prediction with weight `w` (float, 0-d or
-    (B,), >= 0).
+    (B,), >= 0). A tensor condition `cond` (B, ...) and `null_cond` (first dim 1 or B) take the place
+    of the labels and the null label, as in `sample`.
     """
-    z_tpp, alpha_tpp, sigma_tpp, _, _ = _teacher_two_step(teacher, z_t, t, steps, schedule, param, labels, w)
+    z_tpp, alpha_tpp, sigma_tpp, _, _ = _teacher_two_step(
+        teacher, z_t, t, steps, schedule, param, labels, w, cond, null_cond
+    )
     return z_tpp, alpha_tpp, sigma_tpp
 
 
@@ -207,13 +212,15 @@ def teacher_target(
     param: str,
     *,
     labels: Any = None,
+    cond: torch.Tensor | None = None,
+    null_cond: torch.Tensor | None = None,
     w: Any = 0.0,
 ) -> torch.Tensor:
     """The student's target x_tilde ([PD] Algorithm 2, lines 6-9) for a student of `steps` steps:
     `two_step_target` of `teacher_two_step` (the teacher's x_hat at t' on the final interval);
-    guided by `labels` and `w` as there."""
+    guided by `labels` (or `cond` and `null_cond`) and `w` as there."""
     z_tpp, alpha_tpp, sigma_tpp, alpha_t, sigma_t = _teacher_two_step(
-        teacher, z_t, t, steps, schedule, param, labels, w
+        teacher, z_t, t, steps, schedule, param, labels, w, cond, null_cond
     )
     return two_step_target(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp)
 

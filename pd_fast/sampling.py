@@ -28,6 +28,8 @@ from ._checks import (
     FLOAT_DTYPES,
     check_coefs,
     coef,
+    coefs_for,
+    cond_tensors,
     label_rules,
     labels_tensor,
     like,
@@ -36,6 +38,7 @@ from ._checks import (
     same_shape,
     steps_count,
     tensor,
+    to_device,
 )
 from ._engine import (
     CapturedLoop,
@@ -296,6 +299,8 @@ def sample(
     variance: str = "fixed_large",
     seed: int | None = None,
     labels: Any = None,
+    cond: torch.Tensor | None = None,
+    null_cond: torch.Tensor | None = None,
     w: Any = 0.0,
     cuda_graph: bool = False,
     progress: bool = False,
@@ -310,7 +315,10 @@ def sample(
     Conditional models (docs/spec.md section 8): with `labels` (an int, or integers (B,): a tensor, a
     NumPy array or a list) the model is called `model(z, t, labels)`, and, if some w > 0, also `model(z,
     t, null)` with labels `NULL_LABEL` = -1; the steps then use the guided prediction with weight `w`
-    (float, 0-d or (B,), >= 0).
+    (float, 0-d or (B,), >= 0). A tensor condition instead (e.g. prompt embeddings (B, L, D)): `cond`,
+    a floating tensor (B, ...) on z's device, in place of the labels, and `null_cond` (cond's trailing
+    shape, dtype and device, first dim 1 or B: e.g. the empty prompt's embedding) in place of the null
+    label; their checks read no values (no host sync).
 
     model(z, t) takes t, a (B,) tensor in z's dtype, and returns a tensor of z's dtype and device
     (shape as `predict_x_eps` wants). `seed` seeds a `torch.Generator` on z's device for the noise of
@@ -331,7 +339,7 @@ def sample(
     z = tensor("z", z)
     if cuda_graph and not z.is_cuda:
         raise ValueError(f"cuda_graph=True needs z on a CUDA device, got {z.device}")
-    guide = guide_for(labels, w, z, model)
+    guide = guide_for(labels, w, z, model, cond=cond, null_cond=null_cond)
     backend = backend_for(z)
     steps_plan = plan(z, steps, schedule, step_rule(sampler, eta, variance, steps, schedule), backend)
     generator = None
@@ -344,28 +352,50 @@ def sample(
 
 
 def guide_for(
-    labels: Any, w: Any, z: torch.Tensor, model: Any = None, rules: tuple[bool, int | None] | None = None
+    labels: Any,
+    w: Any,
+    z: torch.Tensor,
+    model: Any = None,
+    rules: tuple[bool, int | None] | None = None,
+    *,
+    cond: torch.Tensor | None = None,
+    null_cond: torch.Tensor | None = None,
 ) -> Guide | None:
-    """How `sample` calls the model (docs/spec.md section 8): None without labels; with labels, the
-    w of the guided steps, or None in place of w when every w is 0 (one call per step). Labels are
-    checked against `rules`, the model's `label_rules` (worked out from `model` when None)."""
-    if labels is None and not isinstance(w, torch.Tensor) and w == 0:
+    """How `sample` calls the model (docs/spec.md section 8): None without a condition; with labels
+    (or a tensor `cond`), the w of the guided steps, or None in place of w when every w is 0 (one call
+    per step). Labels are checked against `rules`, the model's `label_rules` (worked out from `model`
+    when None). `w` given as floats or CPU tensors is checked on the CPU (no host sync); labels cost
+    one host sync (their range), a tensor condition none (`cond_tensors`)."""
+    if labels is None and cond is None and null_cond is None and not isinstance(w, torch.Tensor) and w == 0:
         return None  # unconditional: no checks, no host sync
+    if labels is not None and cond is not None:
+        raise ValueError("labels and cond are exclusive: give class labels or a tensor condition, not both")
+    if null_cond is not None and cond is None:
+        raise ValueError("null_cond needs cond: it is the null condition that guidance sets against cond")
     batch, device = z.shape[0], z.device
-    w = coef("w", w, batch, device)
+    w = coefs_for({"w": w}, batch, device)["w"]
     check_coefs(positive={}, nonnegative={"w": w})
     guided = bool((w > 0).any())
-    if labels is None:
-        if guided:
-            raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
+    if guided and labels is None and cond is None:
+        raise ValueError(
+            "w > 0 needs labels (or cond and null_cond): guidance combines the model with and without them"
+        )
+    if guided and cond is not None and null_cond is None:
+        raise ValueError("w > 0 with cond needs null_cond (the null condition, e.g. the empty prompt's)")
+    if labels is None and cond is None:
         return None
     takes, classes = rules if rules is not None else label_rules(model)
+    name = "labels" if cond is None else "cond"
     if not takes:
+        what = "labels" if cond is None else "condition"
         raise ValueError(
-            "labels given, but the model takes no labels: a conditional model is called model(z, t, labels)"
+            f"{name} given, but the model takes no {what}: a conditional model is called model(z, t, {name})"
         )
+    w = to_device(w, device, torch.float32).contiguous() if guided else None
+    if cond is not None:
+        cond, null_cond = cond_tensors(cond, null_cond, z)
+        return Guide(cond, null_cond if guided else None, w)
     labels = labels_tensor(labels, batch, device, classes)
-    w = w.to(torch.float32).contiguous() if guided else None
     return Guide(labels, torch.full_like(labels, NULL_LABEL), w)
 
 
@@ -383,8 +413,10 @@ class Sampler:
     generator of the device) as `sample` draws it from its seeded generator: `sample(..., seed=s)`
     equals `sampler(z, torch.Generator(device).manual_seed(s))`. `sampler.sample(batch, generator)`
     first draws `z = randn((batch, *shape))` from the same generator. A conditional model takes
-    `labels=` and `w=` on each call, as `sample` does (a captured graph per kind of call: without
-    labels, with labels, guided; each call copies its labels and w into the graph's). Runs under
+    `labels=` (or `cond=` and `null_cond=`) and `w=` on each call, as `sample` does (a captured graph
+    per kind of call: without a condition, with labels, with labels guided, and with a tensor
+    condition of each shape and dtype, guided or not; each call copies its condition and w into the
+    graph's). Runs under
     `torch.no_grad()`; with `cuda_graph=True` the model must be capturable (no host syncs), and
     seeded or stochastic sampling needs torch >= 2.4.
     """
@@ -419,9 +451,9 @@ class Sampler:
         self._plans: dict[tuple[int, str], Any] = {}  # (batch, backend) -> Plan or CapturedLoop
 
     def _prepared(self, z: torch.Tensor, backend: str, guide: Guide | None) -> Any:
-        # a captured graph makes one model call a step, or two when guided: one graph for each kind
-        kind = None if guide is None else ("guided" if guide.w is not None else "labels")
-        key = (z.shape[0], backend, kind)
+        # a captured graph makes one model call a step, or two when guided, and reads conditions
+        # of one shape and dtype: one graph for each kind
+        key = (z.shape[0], backend, _guide_kind(guide))
         prepared = self._plans.get(key)
         if prepared is None:
             prepared = plan(z, self.steps, self.schedule, self.rule, backend)
@@ -446,10 +478,12 @@ class Sampler:
         generator: torch.Generator | None = None,
         *,
         labels: Any = None,
+        cond: torch.Tensor | None = None,
+        null_cond: torch.Tensor | None = None,
         w: Any = 0.0,
     ) -> torch.Tensor:
         """x_hat from `z = z_1`, (B, *shape) on the sampler's device, in its dtype; a conditional
-        model gets `labels` and the guidance weight `w` as in `sample`."""
+        model gets `labels` (or `cond` and `null_cond`) and the guidance weight `w` as in `sample`."""
         z = tensor("z", z)
         if tuple(z.shape[1:]) != self.shape:
             raise ValueError(f"z must have shape (B, *{self.shape}), got {tuple(z.shape)}")
@@ -459,7 +493,7 @@ class Sampler:
             raise ValueError(f"z has dtype {z.dtype} but the sampler runs in {self.dtype}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        guide = guide_for(labels, w, z, rules=self.label_rules)
+        guide = guide_for(labels, w, z, rules=self.label_rules, cond=cond, null_cond=null_cond)
         backend = backend_for(z)
         prepared = self._prepared(z, backend, guide)
         if not self.cuda_graph:
@@ -468,15 +502,32 @@ class Sampler:
 
     @torch.no_grad()
     def sample(
-        self, batch: int, generator: torch.Generator | None = None, *, labels: Any = None, w: Any = 0.0
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        *,
+        labels: Any = None,
+        cond: torch.Tensor | None = None,
+        null_cond: torch.Tensor | None = None,
+        w: Any = 0.0,
     ) -> torch.Tensor:
-        """`self(z, generator, labels=labels, w=w)` with `z = randn((batch, *shape))` drawn first
-        from `generator`."""
+        """`self(z, generator, labels=labels, cond=cond, null_cond=null_cond, w=w)` with
+        `z = randn((batch, *shape))` drawn first from `generator`."""
         if isinstance(batch, bool) or not hasattr(batch, "__index__") or operator.index(batch) < 1:
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         batch = operator.index(batch)
         z = torch.randn((batch, *self.shape), generator=generator, device=self.device, dtype=self.dtype)
-        return self(z, generator, labels=labels, w=w)
+        return self(z, generator, labels=labels, cond=cond, null_cond=null_cond, w=w)
+
+
+def _guide_kind(guide: Guide | None) -> Any:
+    """What a captured graph of `Sampler` depends on beyond the batch: no condition, labels (with
+    or without guidance), or a tensor condition's shape and dtype (with or without guidance)."""
+    if guide is None:
+        return None
+    if not guide.cond.is_floating_point():
+        return "guided" if guide.w is not None else "labels"
+    return ("cond", tuple(guide.cond.shape), guide.cond.dtype, guide.w is not None)
 
 
 def _example_shape(shape: Any) -> tuple[int, ...]:

@@ -99,9 +99,10 @@ def steps_count(steps: Any) -> int:
     return int(steps)
 
 
-def check_takes_labels(model: Any) -> None:
-    """ValueError when `model` visibly cannot be called `model(z, t, labels)` (its signature
-    binds no third argument); models whose signature cannot be read are let through."""
+def check_takes_labels(model: Any, name: str = "labels") -> None:
+    """ValueError when `model` visibly cannot be called `model(z, t, labels)` (or `model(z, t,
+    cond)`, `name="cond"`: its signature binds no third argument); models whose signature cannot
+    be read are let through."""
     try:
         signature = inspect.signature(model)
     except (TypeError, ValueError):
@@ -109,8 +110,9 @@ def check_takes_labels(model: Any) -> None:
     try:
         signature.bind(None, None, None)
     except TypeError:
+        what = "labels" if name == "labels" else "condition"
         raise ValueError(
-            "labels given, but the model takes no labels: a conditional model is called model(z, t, labels)"
+            f"{name} given, but the model takes no {what}: a conditional model is called model(z, t, {name})"
         ) from None
 
 
@@ -139,3 +141,28 @@ def labels_array(labels: Any, batch: int, classes: int | None = None) -> np.ndar
     if classes is not None and np.any(arr >= classes):
         raise ValueError(f"labels must be < {classes} (the model's classes) or -1, got max {arr.max()}")
     return arr.astype(np.int64)
+
+
+def cond_arrays(cond: Any, null_cond: Any, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A tensor condition (docs/spec.md section 8) as float64 arrays: `cond` of shape (B, ...), and
+    `null_cond` (or None) of cond's trailing shape with first dim 1 or B, broadcast to cond's shape."""
+    cond = _cond_array("cond", cond)
+    if cond.ndim < 1 or cond.shape[0] != batch:
+        raise ValueError(f"cond must have shape (B, ...) with B = {batch} (z's batch), got {cond.shape}")
+    if null_cond is None:
+        return cond, None
+    null_cond = _cond_array("null_cond", null_cond)
+    if null_cond.shape[1:] != cond.shape[1:] or null_cond.ndim < 1 or null_cond.shape[0] not in (1, batch):
+        want = ", ".join([f"1 or {batch}", *map(str, cond.shape[1:])])
+        raise ValueError(f"null_cond must have shape ({want}) (cond's trailing shape), got {null_cond.shape}")
+    return cond, np.broadcast_to(null_cond, cond.shape).copy()
+
+
+def _cond_array(name: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # a ragged list
+        arr = np.asarray(None)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {arr.dtype}")
+    return as_array(name, arr, min_ndim=0)

@@ -10,10 +10,7 @@ import numpy as np
 from ._checks import (
     as_array,
     before,
-    check_takes_labels,
     coef,
-    labels_array,
-    model_classes,
     out_matches,
     param_name,
     same_shape,
@@ -21,8 +18,8 @@ from ._checks import (
     times,
     weighting_name,
 )
-from .parameterizations import NULL_LABEL, step_x_eps, x_eps_from_out
-from .sampling import ddim_step
+from .parameterizations import step_x_eps, x_eps_from_out
+from .sampling import conditions, ddim_step
 
 
 def two_step_target(
@@ -64,6 +61,8 @@ def teacher_target(
     param: str,
     *,
     labels: Any = None,
+    cond: Any = None,
+    null_cond: Any = None,
     w: Any = 0.0,
 ) -> np.ndarray:
     """The student's target x_tilde ([PD] Algorithm 2, lines 6-9) for a student of `steps` steps.
@@ -73,7 +72,9 @@ def teacher_target(
     target is the teacher's x_hat at (z_t', t') (official `dpm.py`).
     Guided teacher (docs/spec.md section 8): with `labels` the teacher is called
     `teacher(z, t, labels)`, and for any w > 0 also `teacher(z, t, null)`; its steps and its final
-    x_hat then use the guided prediction with weight `w` (float, 0-d or (B,), >= 0).
+    x_hat then use the guided prediction with weight `w` (float, 0-d or (B,), >= 0). A tensor
+    condition `cond` (B, ...) and `null_cond` (first dim 1 or B) take the place of the labels and
+    the null label, as in `sample`.
 
     z_t: (B, ...); t: (B,) or a float, each on the grid i/N; labels: an int or (B,) ints.
     """
@@ -81,13 +82,7 @@ def teacher_target(
     param = param_name(param)
     z_t = as_array("z_t", z_t)
     batch, nd = z_t.shape[0], z_t.ndim
-    w = coef("w", w, batch, 1).reshape(-1)
-    if labels is None and np.any(w != 0):
-        raise ValueError("w > 0 needs labels: guidance combines the teacher with and without them")
-    if labels is not None:
-        check_takes_labels(teacher)
-        labels = labels_array(labels, batch, model_classes(teacher))
-    guided = labels is not None and bool(np.any(w != 0))
+    c, null, w = conditions(teacher, batch, labels, cond, null_cond, w, who="teacher")
     t = np.broadcast_to(times("t", t), (batch,)).astype(np.float64)
     final = (student_grid_index(t, steps) == 1).reshape((-1,) + (1,) * (nd - 1))
     t_p, t_pp = t - 0.5 / steps, np.maximum(t - 1.0 / steps, 0.0)
@@ -104,10 +99,10 @@ def teacher_target(
 
     def outs(z: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """The conditional (or only) output, and the guidance arguments of the steps."""
-        out = teacher_out(z, time, labels)
-        if not guided:
+        out = teacher_out(z, time, c)
+        if null is None:
             return out, {}
-        return out, {"out_uncond": teacher_out(z, time, np.full_like(labels, NULL_LABEL)), "w": w}
+        return out, {"out_uncond": teacher_out(z, time, null), "w": w}
 
     out, guide = outs(z_t, t)
     z_p = ddim_step(z_t, out, alpha_t, sigma_t, alpha_p, sigma_p, param, **guide)

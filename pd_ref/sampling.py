@@ -14,6 +14,7 @@ from ._checks import (
     before,
     check_takes_labels,
     coef,
+    cond_arrays,
     labels_array,
     model_classes,
     out_matches,
@@ -178,6 +179,36 @@ def noise_back(z_k: Any, alpha_k: Any, sigma_k: Any, alpha_s: Any, sigma_s: Any,
     return (alpha_s / alpha_k) * z_k + np.sqrt(var) * noise
 
 
+def conditions(
+    model: Any, batch: int, labels: Any, cond: Any, null_cond: Any, w: Any, who: str = "model"
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """How `sample` and `teacher_target` call a conditional model (docs/spec.md section 8):
+    `(c, null, w)` with `c` the checked labels (int64 (B,)) or tensor condition (float64 (B, ...)),
+    or None for an unconditional model; `null` the null condition (labels -1, or `null_cond` broadcast
+    to cond's shape) when some w > 0, else None; `w` the (B,) guidance weights."""
+    if labels is not None and cond is not None:
+        raise ValueError("labels and cond are exclusive: give class labels or a tensor condition, not both")
+    if null_cond is not None and cond is None:
+        raise ValueError("null_cond needs cond: it is the null condition that guidance sets against cond")
+    w = coef("w", w, batch, 1).reshape(-1)
+    guided = bool(np.any(w != 0))
+    if guided and labels is None and cond is None:
+        raise ValueError(
+            f"w > 0 needs labels (or cond and null_cond): guidance combines the {who} with and without them"
+        )
+    if guided and cond is not None and null_cond is None:
+        raise ValueError("w > 0 with cond needs null_cond (the null condition, e.g. the empty prompt's)")
+    if cond is not None:
+        check_takes_labels(model, "cond")
+        cond, null_cond = cond_arrays(cond, null_cond, batch)
+        return cond, null_cond if guided else None, w
+    if labels is None:
+        return None, None, w
+    check_takes_labels(model)
+    labels = labels_array(labels, batch, model_classes(model))
+    return labels, np.full_like(labels, NULL_LABEL) if guided else None, w
+
+
 def sample(
     model: Callable[..., np.ndarray],
     z: Any,
@@ -191,6 +222,8 @@ def sample(
     variance: str = "fixed_large",
     seed: int | None = None,
     labels: Any = None,
+    cond: Any = None,
+    null_cond: Any = None,
     w: Any = 0.0,
 ) -> np.ndarray:
     """Sample with `steps` network evaluations on the grid `t_i = i / steps`, `i = steps .. 1`, from
@@ -204,20 +237,16 @@ def sample(
     model(z, t) takes t of shape (B,); `seed` seeds the noise of stochastic samplers.
     Conditional models (docs/spec.md section 8): with `labels` (an int or (B,) ints) the model is
     called `model(z, t, labels)`, and for any w > 0 also `model(z, t, null)` with the null label -1;
-    the steps then use the guided prediction with weight `w` (float, 0-d or (B,), >= 0).
+    the steps then use the guided prediction with weight `w` (float, 0-d or (B,), >= 0). A tensor
+    condition instead: `cond` (floating, (B, ...), e.g. prompt embeddings (B, L, D)) in place of the
+    labels and `null_cond` (cond's trailing shape, first dim 1 or B) in place of the null label.
     """
     steps = steps_count(steps)
     param = param_name(param)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     z = as_array("z", z)
-    w = coef("w", w, z.shape[0], 1).reshape(-1)
-    if labels is None and np.any(w != 0):
-        raise ValueError("w > 0 needs labels: guidance combines the model with and without them")
-    if labels is not None:
-        check_takes_labels(model)
-        labels = labels_array(labels, z.shape[0], model_classes(model))
-    guided = labels is not None and bool(np.any(w != 0))
+    c, null, w = conditions(model, z.shape[0], labels, cond, null_cond, w)
     rng = np.random.default_rng(seed)
     t_batch = np.ones(z.shape[0])
 
@@ -229,10 +258,10 @@ def sample(
 
     def outs(z: np.ndarray, t: float) -> tuple[np.ndarray, dict[str, Any]]:
         """The conditional (or only) output, and the guidance arguments of the steps."""
-        out = model_out(z, t, labels)
-        if not guided:
+        out = model_out(z, t, c)
+        if null is None:
             return out, {}
-        return out, {"out_uncond": model_out(z, t, np.full_like(labels, NULL_LABEL)), "w": w}
+        return out, {"out_uncond": model_out(z, t, null), "w": w}
 
     x_hat_prev, lambda_prev = None, None
     for i in range(steps, 1, -1):

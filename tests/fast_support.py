@@ -19,11 +19,13 @@ from .tolerances import FP32_RTOL, LOSS_RTOL, OUT_ATOL, OUT_RTOL
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def as_torch(a: np.ndarray, dtype: str, layout: str = "contiguous", device: str = "cpu") -> torch.Tensor:
-    """`a` rounded to `dtype`, on `device`, with the values unchanged but stored as `layout`:
+def as_torch(a: np.ndarray, dtype, layout: str = "contiguous", device: str = "cpu") -> torch.Tensor:
+    """`a` rounded to `dtype` (a name of DTYPES, or a torch dtype), on `device`, with the values
+    unchanged but stored as `layout`:
     "transposed" (strides reversed), "sliced" (every other element of a larger buffer),
     "channels_last" (4-D NHWC strides); layouts that do not apply to the shape stay contiguous."""
-    t = torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=DTYPES[dtype])
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
     if layout == "transposed" and t.ndim >= 2:
         t = t.permute(*reversed(range(t.ndim))).contiguous().permute(*reversed(range(t.ndim)))
     elif layout == "sliced":
@@ -69,6 +71,35 @@ def coef_arg(values: np.ndarray, form: str):
         t = torch.tensor(values, dtype=torch.float32)
         return t, to_np(t)
     return torch.tensor(values, dtype=torch.float64), values
+
+
+def weight_arg(w: float, form: str, batch: int, rng: np.random.Generator):
+    """A guidance weight (docs/spec.md section 8) passed as `form`, and the (B,) values pd_ref must
+    use: 'batch' draws per-example weights in [0, 2w] with a zero among them (the conditional model,
+    row 0)."""
+    if form == "float":
+        return w, np.full(batch, w)
+    if form == "0-d":
+        return torch.tensor(w, dtype=torch.float64), np.full(batch, w)
+    values = np.concatenate([[0.0], rng.uniform(0.0, 2 * w, batch - 1)])
+    return torch.tensor(values, dtype=torch.float64), values
+
+
+def in_both(fn_name: str, *args, **kwargs) -> list:
+    """(pd_ref.fn, args, kwargs) and (pd_fast.fn, args, kwargs) with the same arguments, NumPy arrays
+    of a dimension or more turned into tensors (integer ones int64, the others fp32), for tests that
+    both packages refuse bad input with the same message."""
+    import pd_fast
+
+    def conv(a):
+        if isinstance(a, np.ndarray) and a.ndim > 0:
+            return torch.tensor(a, dtype=torch.int64 if a.dtype.kind == "i" else torch.float32)
+        return a
+
+    return [
+        (getattr(pd_ref, fn_name), args, kwargs),
+        (getattr(pd_fast, fn_name), tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}),
+    ]
 
 
 # ------------------------------------------------------------------ error scales (tolerances.py)
@@ -152,13 +183,14 @@ def other_rounding(z: np.ndarray, err: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def teacher_target_scale(
-    param, teacher, z, t, steps, schedule, labels=None, w=None, dtype=None
+    param, teacher, z, t, steps, schedule, labels=None, w=None, dtype=None, null=None
 ) -> np.ndarray:
     """Error scale of `teacher_target` (float64, following pd_ref.teacher_target): each teacher
     step's own `ddim_scale`, the first carried through the second by GAUSSIAN_LIPSCHITZ, then the
     target's 1/den amplification (`target_scale`); on the final interval, x_hat's own scale.
     Guided (labels and w (B,)): the teacher is `teacher(z, t, c)`, the scales `guided_predict_scale`'s
-    (the classes share one STD, so the guided map has the unguided map's slope).
+    (the classes share one STD, so the guided map has the unguided map's slope). `labels` may also be
+    a tensor condition, with `null` its null condition (default: the null label -1).
 
     With `dtype`, the teacher sees z_t' rounded to it: where pd_fast's fp32 z_t' (within
     FP32_RTOL * its scale of pd_ref's) may round to the other neighbour, its teacher sees that value;
@@ -173,7 +205,8 @@ def teacher_target_scale(
     def outs(z, time):
         if labels is None:
             return teacher(z, time), {}
-        return teacher(z, time, labels), {"out_uncond": teacher(z, time, np.full_like(labels, -1)), "w": w}
+        uncond = teacher(z, time, np.full_like(labels, -1) if null is None else null)
+        return teacher(z, time, labels), {"out_uncond": uncond, "w": w}
 
     def step_w(guide):
         return {**guide, "w": per_example(guide["w"], z.ndim)} if guide else {}
@@ -285,11 +318,14 @@ def check_loss_and_grad(param, dtype, loss, grad, incoming, ref_loss, w, ref_gra
 # ------------------------------------------------------------------ pd_ref's sampler loop
 
 
-def ref_sample(model, z, steps, schedule, param, clip, sampler, eta, variance, noises, labels=None, w=None):
+def ref_sample(
+    model, z, steps, schedule, param, clip, sampler, eta, variance, noises, labels=None, w=None, null=None
+):
     """pd_ref's sampler loop (as pd_ref.sample) with given noise draws, one per step but the last.
     Also returns the sum over the model calls of each step's error scale (fast_support), the
     magnitude of the terms that step combines, along the reference trajectory. Guided when `labels`
-    and `w` ((B,), some > 0) are given: `model(z, t, c)` with the labels and with the null label."""
+    and `w` ((B,), some > 0) are given: `model(z, t, c)` with the labels and with the null label
+    (or with a tensor condition in place of `labels` and its null condition `null`, (B, ...))."""
     t_batch = np.ones(z.shape[0])
     scales = np.zeros_like(z)
 
@@ -299,7 +335,8 @@ def ref_sample(model, z, steps, schedule, param, clip, sampler, eta, variance, n
         out = model(z, time, labels)
         if not np.any(w > 0):
             return out, {}
-        return out, {"out_uncond": model(z, time, np.full_like(labels, -1)), "w": w}
+        uncond = model(z, time, np.full_like(labels, -1) if null is None else null)
+        return out, {"out_uncond": uncond, "w": w}
 
     def shaped(guide):
         return {**guide, "w": per_example(guide["w"], z.ndim)} if guide else {}
@@ -404,6 +441,46 @@ def gaussian_cond_model_ref(param: str, dtype: str):
         return to_np(gaussian_out_torch(z_d, t_d, param, class_means(torch.from_numpy(np.asarray(c)))))
 
     return model
+
+
+def cond_means(c: torch.Tensor) -> torch.Tensor:
+    """Per-example means of a tensor condition c (B, ...): MU + CLASS_SHIFT * (the mean of c's row),
+    reduced in float64 over a contiguous copy (so that pd_fast's model and pd_ref's, given the same
+    values in any layout, reduce them in one order and agree exactly)."""
+    rows = c.detach().to(torch.float64).contiguous().reshape(c.shape[0], -1)
+    return MU + CLASS_SHIFT * rows.mean(dim=1)
+
+
+def gaussian_tensor_cond_model(param: str):
+    """model(z, t, c) for pd_fast with c a floating tensor (B, ...) (e.g. prompt embeddings): the
+    exact denoiser of N(cond_means(c), STD^2), an affine map of z whose offset depends on a reduction
+    of c (one STD: a guided step is the affine map of an unguided one, as for the classes)."""
+    return lambda z, t, c: gaussian_out_torch(z, t, param, cond_means(c).to(z.device))
+
+
+def gaussian_tensor_cond_model_ref(param: str, dtype: str):
+    """The same network for pd_ref, seeing z and t rounded to `dtype`, its output rounded."""
+
+    def model(z: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
+        z_d = torch.from_numpy(np.asarray(z, dtype=np.float64)).to(DTYPES[dtype])
+        t_d = torch.from_numpy(np.asarray(t, dtype=np.float64)).to(DTYPES[dtype])
+        return to_np(gaussian_out_torch(z_d, t_d, param, cond_means(torch.from_numpy(np.array(c)))))
+
+    return model
+
+
+def tensor_cond_inputs(spec, batch: int):
+    """A tensor condition and its null condition from a `strategies.tensor_conds` draw: cond
+    (B, *trailing) uniform in [-2, 2], null_cond (1 or B, *trailing) in [-1, 1], in the drawn dtype
+    and layout; and their float64 values for pd_ref (null_cond broadcast to the batch)."""
+    rng = np.random.default_rng(spec.seed)
+    dtype = torch.float64 if spec.dtype == "float64" else DTYPES[spec.dtype]
+    made = []
+    for first, bound in ((batch, 2.0), (1 if spec.null_batch == "1" else batch, 1.0)):
+        values = rng.uniform(-bound, bound, (first, *spec.trailing))
+        made.append(as_torch(values, dtype, spec.layout))
+    cond, null_cond = made
+    return (cond, null_cond), (to_np(cond), np.broadcast_to(to_np(null_cond), cond.shape).copy())
 
 
 def tensors(case, *shapes_and_names):

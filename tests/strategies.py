@@ -102,6 +102,22 @@ guidance_weights = st.one_of(st.sampled_from([0.0, 1.0, 2.0, 4.0]), st.floats(0.
 guidance_forms = st.sampled_from(["float", "0-d", "batch"])
 
 
+@st.composite
+def tensor_conds(draw):
+    """A tensor condition (docs/spec.md section 8; prompt embeddings (B, L, D) in a text-to-image
+    model): its trailing shape (none, (D,) or (L, D), odd sizes), dtype (any floating one, not
+    necessarily z's), memory layout, the first dim of null_cond ("1": one for the batch, or "B"),
+    and a seed for the values (made by fast_support.tensor_cond_inputs)."""
+    ndim = draw(st.integers(0, 2))
+    return SimpleNamespace(
+        trailing=tuple(draw(st.integers(1, 5)) for _ in range(ndim)),
+        dtype=draw(st.sampled_from(["float32", "float16", "bfloat16", "float64"])),
+        layout=draw(layouts),
+        null_batch=draw(st.sampled_from(["1", "B"])),
+        seed=draw(seeds),
+    )
+
+
 #: the `backend` fixture only sets PD_FAST_BACKEND, the same for every generated input
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 etas = st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))

@@ -466,8 +466,8 @@ KEYWORD_ONLY = {
     "guided_x_eps": ["clip", "w"],
     "ddim_step": ["clip", "eta", "noise", "out_uncond", "w"],
     "ancestral_step": ["clip", "variance", "noise", "out_uncond", "w"],
-    "sample": ["clip", "sampler", "eta", "variance", "seed", "labels", "w"],
-    "teacher_target": ["labels", "w"],
+    "sample": ["clip", "sampler", "eta", "variance", "seed", "labels", "cond", "null_cond", "w"],
+    "teacher_target": ["labels", "cond", "null_cond", "w"],
     "distill_loss": ["weighting"],
 }
 

@@ -234,3 +234,32 @@ def test_graphed_conditional_sampler_copies_each_calls_labels_and_w_in(cuda_back
         eager = pd_fast.sample(model, z, steps, schedule, param, labels=labels, w=w)
         torch.testing.assert_close(run(z, labels=labels, w=w), eager, rtol=0, atol=0)
     assert len(made) == 2
+
+
+def test_graphed_sampler_copies_each_calls_tensor_condition_in(cuda_backend, monkeypatch):
+    """As for labels, with tensor conditions (cond (B, L, D), null_cond of one row or of the batch):
+    one graph per kind of call (guided, unguided, per trailing shape); each replay equals the eager
+    guided `sample` bitwise, with the cond, null_cond and w of its own call."""
+    from tests.fast_support import gaussian_tensor_cond_model
+
+    made = _count_graphs(monkeypatch)
+    shape, steps, param = (2, 8), 6, "v"
+    model, schedule = gaussian_tensor_cond_model(param), pd_fast.CosineSchedule()
+    run = pd_fast.Sampler(model, shape, steps, schedule, param, device="cuda", cuda_graph=True)
+    z = torch.randn(3, *shape, device="cuda")
+
+    def embeddings(first: int) -> torch.Tensor:
+        return torch.randn(first, 7, 16, device="cuda")
+
+    calls = [
+        (embeddings(3), embeddings(1), torch.tensor([0.0, 1.5, 4.0], device="cuda")),
+        (embeddings(3), embeddings(3), torch.tensor([3.0, 0.0, 0.5], device="cuda")),
+        (embeddings(3), embeddings(1), 2.0),
+        (embeddings(3), None, 0.0),
+        (embeddings(3), None, 0.0),
+    ]
+    for cond, null_cond, w in calls:
+        eager = pd_fast.sample(model, z, steps, schedule, param, cond=cond, null_cond=null_cond, w=w)
+        got = run(z, cond=cond, null_cond=null_cond, w=w)
+        torch.testing.assert_close(got, eager, rtol=0, atol=0)
+    assert len(made) == 2

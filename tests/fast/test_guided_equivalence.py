@@ -25,6 +25,7 @@ from tests.fast_support import (
     gaussian_cond_model,
     gaussian_cond_model_ref,
     guided_predict_scale,
+    in_both,
     per_example,
     predict_scale,
     ref_sample,
@@ -34,6 +35,7 @@ from tests.fast_support import (
     teacher_target_scale,
     tensors,
     to_np,
+    weight_arg,
 )
 from tests.strategies import (
     FAST,
@@ -53,17 +55,6 @@ from tests.strategies import (
 from tests.tolerances import FP32_RTOL, OUT_RTOL, SAMPLER_GAIN
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-
-
-def weight_arg(w: float, form: str, batch: int, rng: np.random.Generator):
-    """The guidance weight passed as `form`, and the (B,) values pd_ref must use: 'batch' draws
-    per-example weights in [0, 2w] with a zero among them (the conditional model, row 0)."""
-    if form == "float":
-        return w, np.full(batch, w)
-    if form == "0-d":
-        return torch.tensor(w, dtype=torch.float64), np.full(batch, w)
-    values = np.concatenate([[0.0], rng.uniform(0.0, 2 * w, batch - 1)])
-    return torch.tensor(values, dtype=torch.float64), values
 
 
 def guided_inputs(case, w, w_form):
@@ -330,20 +321,6 @@ def test_guided_sampler_calls_the_model_with_the_labels_then_the_null_label(back
 Z, OUT, COS = np.zeros((2, 3)), np.zeros((2, 3)), (0.6, 0.8, 0.8, 0.6)
 
 
-def _both(fn_name, *args, **kwargs):
-    """pd_ref.fn and pd_fast.fn with the same arguments (arrays as fp32, integer arrays as int64 tensors)."""
-
-    def conv(a):
-        if isinstance(a, np.ndarray) and a.ndim > 0:
-            return torch.tensor(a, dtype=torch.int64 if a.dtype.kind == "i" else torch.float32)
-        return a
-
-    return [
-        (getattr(pd_ref, fn_name), args, kwargs),
-        (getattr(pd_fast, fn_name), tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}),
-    ]
-
-
 def _model(z, t, c=None):
     return z * 0
 
@@ -362,20 +339,22 @@ class _TenClasses:
 
 
 GUIDED_ERRORS = {
-    r"\bw must be >= 0": _both("guided_x_eps", Z, OUT, OUT, 0.6, 0.8, "x", w=-1.0),
-    "out_uncond must have shape": _both("ddim_step", Z, OUT, *COS, "x", out_uncond=np.zeros((2, 4)), w=1.0),
-    "w > 0 needs out_uncond": _both("ddim_step", Z, OUT, *COS, "x", w=2.0),
-    "w > 0 needs labels": _both("sample", _model, Z, 2, None, "x", w=1.0),
-    "labels must be an int or of shape": _both("sample", _model, Z, 2, None, "x", labels=np.array([1, 2, 3])),
-    "labels must be >= -1": _both("teacher_target", _model, Z, 1.0, 2, None, "x", labels=np.array([0, -3])),
-    "sampler must be one of": _both("sample", _model, Z, 2, None, "x", sampler="heun"),
+    r"\bw must be >= 0": in_both("guided_x_eps", Z, OUT, OUT, 0.6, 0.8, "x", w=-1.0),
+    "out_uncond must have shape": in_both("ddim_step", Z, OUT, *COS, "x", out_uncond=np.zeros((2, 4)), w=1.0),
+    "w > 0 needs out_uncond": in_both("ddim_step", Z, OUT, *COS, "x", w=2.0),
+    "w > 0 needs labels": in_both("sample", _model, Z, 2, None, "x", w=1.0),
+    "labels must be an int or of shape": in_both(
+        "sample", _model, Z, 2, None, "x", labels=np.array([1, 2, 3])
+    ),
+    "labels must be >= -1": in_both("teacher_target", _model, Z, 1.0, 2, None, "x", labels=np.array([0, -3])),
+    "sampler must be one of": in_both("sample", _model, Z, 2, None, "x", sampler="heun"),
     "labels given, but the model takes no labels": (
-        _both("sample", _unconditional, Z, 2, None, "x", labels=1)
-        + _both("teacher_target", _unconditional, Z, 1.0, 2, None, "x", labels=np.array([0, 1]), w=1.0)
+        in_both("sample", _unconditional, Z, 2, None, "x", labels=1)
+        + in_both("teacher_target", _unconditional, Z, 1.0, 2, None, "x", labels=np.array([0, 1]), w=1.0)
     ),
     r"labels must be < 10 \(the model's classes\) or -1, got max 10": (
-        _both("sample", _TenClasses(), Z, 2, None, "x", labels=np.array([9, 10]))
-        + _both("teacher_target", _TenClasses(), Z, 1.0, 2, None, "x", labels=10, w=1.0)
+        in_both("sample", _TenClasses(), Z, 2, None, "x", labels=np.array([9, 10]))
+        + in_both("teacher_target", _TenClasses(), Z, 1.0, 2, None, "x", labels=10, w=1.0)
     ),
 }
 
@@ -391,7 +370,9 @@ def test_bad_guidance_input_raises_the_same_value_error_as_pd_ref(backend, patte
 
 def test_labels_inside_the_declared_classes_pass(backend):
     """Labels 0..9 and the null label -1 are what a 10-class model takes: no error, both packages."""
-    for fn, args, kwargs in _both("sample", _TenClasses(), Z, 2, None, "x", labels=np.array([9, -1]), w=1.0):
+    for fn, args, kwargs in in_both(
+        "sample", _TenClasses(), Z, 2, None, "x", labels=np.array([9, -1]), w=1.0
+    ):
         package = pd_ref if fn.__module__.startswith("pd_ref") else pd_fast
         fn(*tuple(package.CosineSchedule() if a is None else a for a in args), **kwargs)
 

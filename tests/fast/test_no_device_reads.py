@@ -9,7 +9,7 @@ import torch
 
 import pd_fast
 from pd_fast import _checks
-from tests.fast_support import gaussian_model
+from tests.fast_support import gaussian_model, gaussian_tensor_cond_model
 
 META = torch.device("meta")
 STEPS = 8
@@ -22,6 +22,22 @@ def test_sample_and_sampler_loops_read_nothing_from_the_device():
         assert x.device == META and x.shape == z.shape
         run = pd_fast.Sampler(gaussian_model(param), (2, 4), 6, pd_fast.CosineSchedule(), param, device=META)
         assert run(z).shape == z.shape
+
+
+def test_tensor_conditions_are_checked_without_reading_the_device():
+    """A guided sampler and teacher with a tensor condition (cond, null_cond of one row, w a float
+    or a CPU tensor): the condition's checks read only metadata, w is checked on the CPU."""
+    z = torch.zeros(3, 2, 4, device=META)
+    cond, null_cond = torch.zeros(3, 7, 5, device=META), torch.zeros(1, 7, 5, device=META)
+    model, schedule = gaussian_tensor_cond_model("v"), pd_fast.CosineSchedule()
+    for w in (2.0, torch.tensor([0.0, 1.0, 4.0])):
+        guide = {"cond": cond, "null_cond": null_cond, "w": w}
+        assert pd_fast.sample(model, z, 4, schedule, "v", sampler="stochastic", **guide).device == META
+        run = pd_fast.Sampler(model, (2, 4), 4, schedule, "v", device=META)
+        assert run(z, **guide).device == META
+        t = torch.tensor([1, 3, 8]) / STEPS
+        z_tpp, _, _ = pd_fast.teacher_two_step(model, z, t, STEPS, schedule, "v", **guide)
+        assert z_tpp.device == META
 
 
 def _step(z_t: torch.Tensor, t: torch.Tensor):

@@ -238,3 +238,33 @@ def test_conditional_sampler_equals_sample_call_for_call(backend, sampler):
         torch.testing.assert_close(got, eager, rtol=0, atol=0)
     with pytest.raises(ValueError, match="w > 0 needs labels"):
         run(z, w=1.0)
+
+
+def test_graphed_sampler_copies_each_calls_tensor_condition_into_its_graph(monkeypatch):
+    """The CUDA-graph bookkeeping of `Sampler` with tensor conditions, through the stand-in for
+    torch.cuda (the capture runs eagerly; a replay is only logged): the first call of a kind captures
+    on copies of its cond, null_cond (one row, broadcast) and w, and equals the eager `sample`; a
+    later call of that kind replays the same graph after copying its own in; another trailing shape
+    or an unguided call is another kind, with its own graph."""
+    from tests.fast_support import gaussian_tensor_cond_model
+
+    cuda = _StandInCuda(monkeypatch)
+    model, schedule = gaussian_tensor_cond_model("v"), pd_fast.CosineSchedule()
+    run = pd_fast.Sampler(model, SHAPE, 4, schedule, "v", clip=True)
+    run.cuda_graph = True  # on CPU tensors: CapturedLoop runs on the stand-in
+    z = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0))
+    cond, null_cond, w = torch.randn(3, 7, 5), torch.randn(1, 7, 5), torch.tensor([0.0, 1.0, 3.0])
+    got = run(z, cond=cond, null_cond=null_cond, w=w)
+    eager = pd_fast.sample(model, z, 4, schedule, "v", clip=True, cond=cond, null_cond=null_cond, w=w)
+    torch.testing.assert_close(got, eager, rtol=0, atol=0)
+    (captured,) = run._plans.values()
+    assert captured.guide.cond is not cond and torch.equal(captured.guide.cond, cond)
+    assert torch.equal(captured.guide.null, null_cond.expand(3, 7, 5))
+    other = (torch.randn(3, 7, 5), torch.randn(3, 7, 5), torch.tensor([2.0, 0.5, 0.0]))
+    run(z, cond=other[0], null_cond=other[1], w=other[2])
+    assert cuda.log[-1] == "replay" and len(run._plans) == 1
+    for static, value in zip(captured.guide, other, strict=True):
+        assert torch.equal(static, value.to(static.dtype))
+    run(z, cond=torch.randn(3, 2), null_cond=torch.randn(1, 2), w=1.0)
+    run(z, cond=other[0], w=0.0)
+    assert len(run._plans) == 3

@@ -225,7 +225,91 @@ def test_guided_teacher_target_is_the_target_of_the_gaussian_of_the_guided_mean(
     np.testing.assert_array_equal(at_zero, conditional)
 
 
+def cond_mean(c):
+    """(B, 3) means of a tensor condition c (B, ...): MU_NULL shifted by the mean of each row of c,
+    so that the empty condition (all zeros) gives MU_NULL, as the null label does."""
+    return MU_NULL + np.asarray(c).reshape(len(c), -1).mean(axis=1)[:, None] * SHIFT
+
+
+def tensor_cond_model(param, calls=None):
+    """model(z, t, c) with c a tensor (B, ...): the exact denoiser of N(cond_mean(c), STD^2)."""
+
+    def model(z, t, c):
+        if calls is not None:
+            calls.append(np.array(c))
+        alpha, sigma = (col(v, 2) for v in COSINE.alpha_sigma(t))
+        return encode(param, z, gaussian_x_hat(z, alpha, sigma, cond_mean(c)), alpha, sigma)
+
+    return model
+
+
+@pytest.mark.parametrize("null_batch", [1, 4])
+@pytest.mark.parametrize("param", ["eps", "x", "v", "both"])
+def test_guided_prediction_with_tensor_conditions_is_the_hand_combination(param, null_batch):
+    """Two guided DDIM steps (t = 1 -> 1/2 -> x_hat) with a tensor condition (B, L, D) and a null
+    condition (first dim 1 or B), against [GD]'s x_hat_w = (1 + w) x_hat(z, c) - w x_hat(z, null)
+    worked out by hand from the denoiser's x_hat, with null_cond broadcast to the batch."""
+    rng = np.random.default_rng(5)
+    z1 = rng.standard_normal((4, 3))
+    cond = rng.uniform(-2.0, 2.0, (4, 3, 5))
+    null_cond = rng.uniform(-0.5, 0.5, (null_batch, 3, 5))
+    w = np.array([0.0, 0.5, 2.0, 4.0])
+    got = pd_ref.sample(tensor_cond_model(param), z1, 2, COSINE, param, cond=cond, null_cond=null_cond, w=w)
+    mu_c, mu_u = cond_mean(cond), cond_mean(np.broadcast_to(null_cond, cond.shape))
+    z, wc = z1, w[:, None]
+    for t, s in ((1.0, 0.5), (0.5, None)):
+        (a_t, s_t) = COSINE.alpha_sigma(t)
+        x_w = (1 + wc) * gaussian_x_hat(z, a_t, s_t, mu_c) - wc * gaussian_x_hat(z, a_t, s_t, mu_u)
+        if s is None:
+            break
+        a_s, s_s = COSINE.alpha_sigma(s)
+        z = a_s * x_w + s_s * (z - a_t * x_w) / s_t
+    np.testing.assert_allclose(got, x_w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral", "stochastic", "dpmpp_2m"])
+def test_tensor_conditions_are_passed_as_labels_are(sampler):
+    """The model sees cond, then null_cond broadcast to the batch, at every step when some w > 0;
+    guided sampling with a tensor condition equals plain sampling of the Gaussian of the guided
+    mean; at w = 0 one call a step, with cond, and no null_cond needed."""
+    rng = np.random.default_rng(6)
+    z1 = rng.standard_normal((3, 3))
+    cond, null_cond = rng.uniform(-2.0, 2.0, (3, 7)), np.zeros((1, 7))
+    w, calls = np.array([1.0, 0.0, 3.0]), []
+    model = tensor_cond_model("v", calls)
+    guided = pd_ref.sample(
+        model, z1, 4, COSINE, "v", sampler=sampler, seed=2, cond=cond, null_cond=null_cond, w=w
+    )
+    mu_w = (1 + w[:, None]) * cond_mean(cond) - w[:, None] * MU_NULL
+    plain = pd_ref.sample(gaussian_model("v", mu_w), z1, 4, COSINE, "v", sampler=sampler, seed=2)
+    np.testing.assert_allclose(guided, plain, rtol=1e-9, atol=1e-9)
+    assert len(calls) == 8
+    for k, c in enumerate(calls):
+        np.testing.assert_array_equal(c, cond if k % 2 == 0 else np.zeros((3, 7)))
+    calls.clear()
+    pd_ref.sample(model, z1, 4, COSINE, "v", sampler=sampler, seed=2, cond=cond)
+    assert len(calls) == 4 and all(np.array_equal(c, cond) for c in calls)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 64])
+def test_guided_teacher_target_with_tensor_conditions_is_the_target_of_the_guided_mean(steps):
+    """As for labels: the guided two-step target with cond and null_cond equals the plain target of
+    the teacher of the guided mean, the final interval included."""
+    rng = np.random.default_rng(7)
+    z_t = rng.standard_normal((4, 3))
+    t = np.array([steps, 1, rng.integers(1, steps + 1), 1]) / steps
+    cond, null_cond = rng.uniform(-2.0, 2.0, (4, 2, 3)), rng.uniform(-1.0, 1.0, (4, 2, 3))
+    w = np.array([1.0, 2.0, 0.0, 4.0])
+    guided = pd_ref.teacher_target(
+        tensor_cond_model("x"), z_t, t, steps, COSINE, "x", cond=cond, null_cond=null_cond, w=w
+    )
+    mu_w = (1 + w[:, None]) * cond_mean(cond) - w[:, None] * cond_mean(null_cond)
+    plain = pd_ref.teacher_target(gaussian_model("x", mu_w), z_t, t, steps, COSINE, "x")
+    np.testing.assert_allclose(guided, plain, rtol=1e-9, atol=1e-9 * steps)
+
+
 Z = np.zeros((3, 2))
+C = np.zeros((3, 4, 5))
 
 
 def _sample(**kwargs):
@@ -253,6 +337,24 @@ GUIDANCE_ERRORS = [
     ("w must be >= 0", lambda: _sample(labels=1, w=-1.0)),
     ("w > 0 needs labels", lambda: _target(w=2.0)),
     ("labels must be an int or of shape", lambda: _target(labels=np.zeros(4, int))),
+    ("labels and cond are exclusive", lambda: _sample(labels=1, cond=C)),
+    ("null_cond needs cond", lambda: _target(null_cond=C)),
+    ("w > 0 with cond needs null_cond", lambda: _sample(cond=C, w=1.0)),
+    ("w > 0 needs labels", lambda: _target(w=np.array([0.0, 1.0, 0.0]))),
+    (
+        r"cond must have shape \(B, ...\) with B = 3 \(z's batch\), got \(2, 4, 5\)",
+        lambda: _sample(cond=C[:2]),
+    ),
+    (r"cond must have shape \(B, ...\)", lambda: _target(cond=np.float64(1.0))),
+    (r"null_cond must have shape \(1 or 3, 4, 5\)", lambda: _sample(cond=C, null_cond=C[:2])),
+    (r"null_cond must have shape \(1 or 3, 4, 5\)", lambda: _target(cond=C, null_cond=C[:, :2], w=1.0)),
+    ("cond must have a floating dtype, got int64", lambda: _sample(cond=np.zeros((3, 4), int))),
+    ("null_cond must have a floating dtype", lambda: _sample(cond=C, null_cond=np.zeros((1, 4, 5), bool))),
+    ("cond contains non-finite values", lambda: _target(cond=np.full((3, 2), np.nan))),
+    (
+        "cond given, but the model takes no condition",
+        lambda: pd_ref.sample(lambda z, t: z, Z, 2, COSINE, "x", cond=C),
+    ),
 ]
 
 
