@@ -19,9 +19,9 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")  # the test extra installs it; `pip install -e .[test]`
-from diffusers import DDPMPipeline, DDPMScheduler  # noqa: E402
+from diffusers import DDPMPipeline, DDPMScheduler, LDMPipeline, VQModel  # noqa: E402
 
-from pd_fast.app.cli import main  # noqa: E402
+from pd_fast.app.cli import build_parser, main, validate  # noqa: E402
 from pd_fast.app.config import DiffusersConfig, config_from_dict, parse_resolution  # noqa: E402
 from pd_fast.app.data import center_crop_resize, load_data, load_image_folder  # noqa: E402
 from tests.app.test_diffusers import tiny_unet  # noqa: E402
@@ -57,6 +57,88 @@ def pipeline(path: Path, T: int = 16, **unet) -> Path:
         str(path)
     )
     return path
+
+
+# ----- 1. latent pipelines -------------------------------------------------------------------------
+
+
+def test_ldm_pipeline_is_refused_not_distilled_on_pixels(tmp_path, capsys):
+    vqvae = VQModel(
+        in_channels=1, out_channels=1, latent_channels=1, block_out_channels=(8,), norm_num_groups=4,
+        num_vq_embeddings=16, vq_embed_dim=1,
+    )  # fmt: skip
+    folder = tmp_path / "ldm"
+    LDMPipeline(
+        vqvae=vqvae, unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=16)
+    ).save_pretrained(str(folder))
+    line = refused(["--teacher", str(folder)] + TINY, tmp_path / "run", capsys)
+    assert (
+        "is a latent pipeline (LDMPipeline: UNet2DModel + VQModel); this job distills pixel-space "
+        "UNet2DModel pipelines" in line
+    )
+
+
+def test_pipeline_with_components_beyond_unet_and_scheduler_is_refused(tmp_path, capsys):
+    folder = pipeline(tmp_path / "pipe")
+    index = json.loads((folder / "model_index.json").read_text())
+    # a component saved as None ([null, null]) is absent, and is no reason to refuse
+    (folder / "model_index.json").write_text(json.dumps({**index, "safety_checker": [None, None]}))
+    args = build_parser().parse_args(["--teacher", str(folder), "--out", str(tmp_path / "run")])
+    assert validate(args, torch.device("cpu"))[2].data.shape == (1, 8, 8)
+    (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder": ["transformers", "X"]}))
+    line = refused(["--teacher", str(folder)] + TINY, tmp_path / "run", capsys)
+    assert "components beyond unet and scheduler (text_encoder)" in line
+    assert "pixel-space pipelines of a UNet2DModel and a scheduler only" in line
+    (folder / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers", "AutoencoderKL"]}))
+    assert "latent pipeline (DDPMPipeline: UNet2DModel + AutoencoderKL)" in refused(
+        ["--teacher", str(folder)] + TINY, tmp_path / "run", capsys
+    )
+
+
+# ----- 2. a sample_size that does not fit the UNet ------------------------------------------------
+
+
+def test_sample_size_unfit_for_the_unets_depth_is_one_line_before_anything_is_written(tmp_path, capsys):
+    three = dict(
+        sample_size=10, block_out_channels=(8, 8, 16), down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+    )  # fmt: skip
+    folder = pipeline(tmp_path / "pipe", **three)
+    line = refused(["--teacher", str(folder)] + TINY, tmp_path / "run", capsys)
+    assert line.endswith(
+        "sample_size 10 does not fit the UNet: its 3 down blocks halve the image 2 times, so each side "
+        "must be a multiple of 4"
+    )
+    # the same UNet at a size its blocks can halve twice goes through
+    folder = pipeline(tmp_path / "fits", **{**three, "sample_size": 12})
+    args = build_parser().parse_args(["--teacher", str(folder), "--out", str(tmp_path / "run")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # digits upscaled from 8x8
+        assert validate(args, torch.device("cpu"))[2].data.shape == (1, 12, 12)
+
+
+# ----- 4. messages naming the real problem -------------------------------------------------------
+
+
+def test_unet_folder_of_a_pipeline_says_to_pass_its_parent(tmp_path, capsys):
+    folder = pipeline(tmp_path / "pipe")
+    for given in (folder / "unet", f"{folder / 'unet'}/"):
+        line = refused(["--teacher", str(given)] + TINY, tmp_path / "run", capsys)
+        assert f"is the unet/ folder of the pipeline in {folder}" in line
+        assert line.endswith(f"pass the pipeline folder itself: --teacher {folder}")
+    (tmp_path / "other").mkdir()
+    line = refused(["--teacher", str(tmp_path / "other")] + TINY, tmp_path / "run", capsys)
+    assert "is a folder, but not a diffusers pipeline folder" in line and "no such file" not in line
+
+
+def test_missing_unet_weights_are_named_in_one_line(tmp_path, capsys):
+    folder = pipeline(tmp_path / "pipe")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    line = refused(["--teacher", str(folder)] + TINY, tmp_path / "run", capsys)
+    assert line.endswith(
+        f"the UNet's weights (diffusion_pytorch_model.safetensors) are missing in {folder / 'unet'}/"
+    )
+    assert ".bin" not in line
 
 
 # ----- 5. upscaled images --------------------------------------------------------------------------
@@ -112,3 +194,31 @@ def test_hxw_resolution_center_crops_to_the_aspect_ratio_then_resizes():
         ).clamp(-1, 1),
     )
     assert torch.equal(center_crop_resize(x, 6), x)  # N: a square, as before
+
+
+def test_non_square_teacher_runs_end_to_end_with_hxw_or_no_resolution(tmp_path, capsys):
+    folder = pipeline(tmp_path / "rect", sample_size=(16, 32))
+    base = ["--teacher", str(folder)] + TINY
+    line = refused(base + ["--resolution", "16"], tmp_path / "run", capsys)
+    assert "--resolution 16 differs from the teacher's sample_size 16x32" in line
+    assert line.endswith("pass --resolution 16x32")
+    args = build_parser().parse_args(["--teacher", str(folder), "--out", str(tmp_path / "run")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert validate(args, torch.device("cpu"))[2].data.shape == (1, 16, 32)  # no flag: sample_size
+    out = tmp_path / "run"
+    argv = base + ["--resolution", "16x32", "--start-steps", "4", "--end-steps", "2", "--eval-max-steps", "1"]
+    assert main(argv + ["--out", str(out)]) == 0
+    warned = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("pd-distill: warning:")
+    ]
+    assert (
+        len(warned) == 1 and "images (8x8, height x width) are smaller than the resolution 16x32" in warned[0]
+    )
+    assert json.loads((out / "config.json").read_text())["resolution"] == [16, 32]
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["diffusers_exports"]) == ["2", "4"]
+    unet = json.loads((out / "diffusers" / "student_2" / "unet" / "config.json").read_text())
+    assert unet["sample_size"] == [16, 32]
+    with np.load(out / "samples.npz") as f:
+        assert f["x_student_ddim_N2"].shape[1:] == (1, 16, 32)
