@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-max-steps",
         type=int,
-        help="evaluate the teacher with DDIM up to this many steps (default 256; never below --start-steps)",
+        help="evaluate the teacher with DDIM up to this many steps (default 256; never below --start-steps; "
+        "a diffusers teacher: at most its T, the steps beyond are left out)",
     )
     p.add_argument("--ckpt-every", type=int, help="save the training state every this many iterations")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")

@@ -117,6 +117,49 @@ def test_sample_size_unfit_for_the_unets_depth_is_one_line_before_anything_is_wr
         assert validate(args, torch.device("cpu"))[2].data.shape == (1, 12, 12)
 
 
+# ----- 3. step counts against T ----------------------------------------------------------------------
+
+
+def test_start_steps_above_T_is_refused(tmp_path, capsys):
+    folder = pipeline(tmp_path / "pipe", T=16)
+    line = refused(["--teacher", str(folder), "--start-steps", "32"] + TINY, tmp_path / "run", capsys)
+    assert "--start-steps 32 is more than the teacher's T = 16 timesteps" in line
+    assert "pass --start-steps 16 or fewer" in line
+
+
+def test_no_exportable_student_is_refused_naming_the_n_that_would_be(tmp_path, capsys):
+    folder = pipeline(tmp_path / "pipe", T=1001)  # 1001 = 7 * 11 * 13: no power of two but 1 divides it
+    line = refused(["--teacher", str(folder), "--end-steps", "2"] + TINY, tmp_path / "run", capsys)
+    assert "none of the students (8, 4, 2 steps) could be exported" in line
+    assert "N dividing T = 1001" in line and "below 16 those are 1, 7, 11, 13" in line
+    assert "--end-steps 1" in line and "--start-steps 56 --end-steps 7" in line
+
+
+def test_students_that_stay_checkpoints_are_named_before_training(tmp_path, capsys):
+    folder = pipeline(tmp_path / "pipe", T=1001)
+    out = tmp_path / "run"
+    assert main(["--teacher", str(folder), "--eval-max-steps", "1", "--out", str(out)] + TINY) == 0
+    lines = capsys.readouterr().out.splitlines()
+    plan = [i for i, line in enumerate(lines) if line.startswith("export as DDIMPipelines")]
+    trained = [i for i, line in enumerate(lines) if line.startswith("eps -> v:")]  # after the first stage
+    assert len(plan) == 1 and plan[0] < trained[0]
+    assert lines[plan[0]] == (
+        "export as DDIMPipelines (diffusers/student_<N>/): the 1-step student; checkpoints only "
+        "(N does not divide T = 1001): the 16, 8, 4, 2-step students"
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["diffusers_exports"]) == ["1"] and report["not_exported_steps"] == [2, 4, 8, 16]
+
+
+def test_teacher_evaluation_never_exceeds_T_steps(tmp_path):
+    folder = pipeline(tmp_path / "pipe", T=8)
+    out = tmp_path / "run"
+    argv = ["--teacher", str(folder), "--start-steps", "4", "--end-steps", "2", "--eval-max-steps", "64"]
+    assert main(argv + ["--out", str(out)] + TINY) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [r["steps"] for r in rows] == [1, 2, 4, 8]  # --eval-max-steps 64 clipped to T = 8
+
+
 # ----- 4. messages naming the real problem -------------------------------------------------------
 
 

@@ -5,18 +5,21 @@ needs `pip install -e .[diffusers]`); a latent pipeline (an LDM's `vqvae`, Stabl
 is refused. The data is fitted to the UNet's channels and `sample_size` (`--resolution`, N or HxW,
 must equal it), and one example goes through the UNet before anything is written. `--start-steps`
 defaults to 128 (16 with `--quick`, which also uses batches of 64) lowered to the largest power of
-two <= T; the students are v models (`--param`), and an eps or x teacher first gets a student of
-that param that learns its own start-steps DDIM (`pd_fast.app.reparam`; `--reparam-iters`,
-default 2 x `--iters`). Everything is evaluated as the exported pipelines
-sample (no clipping; the scored samples go to `samples.npz` as in the built-in job), and every
-student whose N divides T is written to `OUT/diffusers/student_<N>/` (a `DDIMPipeline` folder).
+two <= T, and may not exceed T; the students are v models (`--param`), and an eps or x teacher
+first gets a student of that param that learns its own start-steps DDIM (`pd_fast.app.reparam`;
+`--reparam-iters`, default 2 x `--iters`). Everything is evaluated as the exported pipelines
+sample (no clipping; the scored samples go to `samples.npz` as in the built-in job); the teacher's
+DDIM is scored at powers of two up to `--eval-max-steps` clipped to T (more steps than T would
+step between its timesteps). Every student whose N divides T is written to
+`OUT/diffusers/student_<N>/` (a `DDIMPipeline` folder); which ones is said before training, and a
+run in which no distilled student could be exported is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +72,13 @@ class Inputs:
     schedule: Any
     teacher_param: str
     data: Any  # pd_fast.app.data.Dataset
+    exported: list[int] = field(default_factory=list)  # the students' N that divide T
+    kept: list[int] = field(default_factory=list)  # those that stay checkpoints
 
 
 def prepare(cfg: DiffusersConfig, run: Run) -> Inputs:
-    """The teacher and the data, checked to fit each other (the pipeline's components and weights,
+    """The teacher, its step counts and the data, checked to fit each other (the pipeline's
+    components and weights, then `--start-steps` against T and which students can be exported,
     then one example of the fitted data through the UNet); ValueError with a one-line message
     otherwise (before anything is written)."""
     from ...integrations.diffusers import PREDICTION_TYPES, from_diffusers
@@ -90,6 +96,7 @@ def prepare(cfg: DiffusersConfig, run: Run) -> Inputs:
         raise ValueError(
             f"--teacher: {cfg.teacher} holds a class-conditional UNet; the distillation loop is unconditional"
         )
+    exported, kept = check_steps(cfg, teacher.num_train_timesteps, teacher_param)
     unet = teacher.unet.config
     size = fitted_size(cfg, unet.sample_size)
     data = load_data(cfg.data, seed=cfg.seed, resolution=size, channels=unet.in_channels)
@@ -100,7 +107,7 @@ def prepare(cfg: DiffusersConfig, run: Run) -> Inputs:
     check_data_size(data)
     check_forward(teacher, data.x, cfg.teacher)
     check_memory(cfg, (1,), run.device)
-    return Inputs(teacher, schedule, teacher_param, data)
+    return Inputs(teacher, schedule, teacher_param, data, exported, kept)
 
 
 #: components whose presence makes a pipeline latent (LDMPipeline's, Stable Diffusion's autoencoder)
@@ -196,6 +203,73 @@ def forward_failure(unet: Any, path: str, shape: tuple[int, ...], err: BaseExcep
     )
 
 
+def student_steps(cfg: DiffusersConfig) -> list[int]:
+    """The N of the distilled students: start/2, start/4, ..., end."""
+    steps, n = [], cfg.start_steps // 2
+    while n >= cfg.end_steps:
+        steps.append(n)
+        n //= 2
+    return steps
+
+
+def check_steps(cfg: DiffusersConfig, T: int, teacher_param: str) -> tuple[list[int], list[int]]:
+    """`--start-steps` is at most T (the teacher's DDIM has at most T steps), and at least one
+    distilled student's N divides T (diffusers' DDIMScheduler runs no other N). Returns the N of
+    the students that will be exported and of those that stay checkpoints (the start-steps
+    student of another param than the teacher's included)."""
+    from ...integrations.diffusers import default_start_steps, exportable_steps
+
+    start, end = cfg.start_steps, cfg.end_steps
+    if start > T:
+        ratio = start // end
+        while ratio > 2 and end * ratio > T:
+            ratio //= 2
+        fits = f"--start-steps {end * ratio}"
+        hint = fits if end * ratio <= T else f"--start-steps {default_start_steps(T, start)} --end-steps 1"
+        raise ValueError(
+            f"--start-steps {start} is more than the teacher's T = {T} timesteps (num_train_timesteps): "
+            f"its DDIM has at most T steps; pass {hint} or fewer"
+        )
+    students = student_steps(cfg)
+    if not exportable_steps(students, T):
+        divisors = ", ".join(str(d) for d in range(1, start) if T % d == 0)
+        raise ValueError(
+            f"--start-steps {start} --end-steps {end}: none of the students ({', '.join(map(str, students))} "
+            f"steps) could be exported: diffusers' DDIMScheduler runs only N dividing T = {T} "
+            f"(num_train_timesteps), and below {start} those are {divisors}; e.g. "
+            + ", or ".join(step_hints(start, end, T))
+        )
+    trained = students + ([start] if cfg.param != teacher_param else [])
+    exported = exportable_steps(trained, T)
+    return sorted(exported, reverse=True), sorted(set(trained) - set(exported), reverse=True)
+
+
+def export_plan(exported: list[int], kept: list[int], T: int) -> str:
+    """The line said before training: which students become DDIMPipelines, which stay checkpoints."""
+
+    def students(steps: list[int]) -> str:
+        return f"the {', '.join(map(str, steps))}-step student" + ("s" if len(steps) > 1 else "")
+
+    line = f"export as DDIMPipelines (diffusers/student_<N>/): {students(exported)}"
+    return line + (f"; checkpoints only (N does not divide T = {T}): {students(kept)}" if kept else "")
+
+
+def step_hints(start: int, end: int, T: int) -> list[str]:
+    """Flags with which some student's N divides T: a lower --end-steps (the same start), and the
+    same number of rounds ending at the divisor of T (above 1 where one fits) nearest --end-steps."""
+    hints, n = [], end
+    while n % 2 == 0:
+        n //= 2
+        if T % n == 0:
+            hints.append(f"--end-steps {n}")
+            break
+    ratio = start // end
+    ends = [d for d in range(2, T // ratio + 1) if T % d == 0] or [1]
+    d = min(ends, key=lambda d: (abs(d - end), d))
+    hints.append(f"--start-steps {d * ratio} --end-steps {d}")
+    return hints
+
+
 def run(cfg: DiffusersConfig, run: Run, inputs: Inputs) -> dict:
     """The job (module docstring); returns the report (also written to `report.json`)."""
     from ..evaluation import evaluate_models
@@ -211,9 +285,11 @@ def run(cfg: DiffusersConfig, run: Run, inputs: Inputs) -> dict:
     finish_training(run, {})
     if not run.main:
         return {}
+    T = teacher.num_train_timesteps
     with run.timed("eval_seconds"):
         # clip=False: what the exported DDIMPipelines (clip_sample=False) and the teacher's DDIM give
         evaluator, steps, z = evaluation_setup(data, cfg, cfg.start_steps, students, run)
+        steps = [n for n in steps if n <= T]  # --eval-max-steps clipped to T (module docstring)
         t_rows, t_samples = evaluate_models(
             teacher, {}, evaluator, schedule, teacher_param, steps, z, clip=False
         )
@@ -221,7 +297,6 @@ def run(cfg: DiffusersConfig, run: Run, inputs: Inputs) -> dict:
             teacher, students, evaluator, schedule, cfg.param, [], z, clip=False
         )
         rows = merge_rows(t_rows, s_rows)
-    T = teacher.num_train_timesteps
     with run.timed("export_seconds"):
         exports, skipped = export(students, schedule, cfg, run, T)
     run.total()
@@ -240,6 +315,7 @@ def announce(cfg: DiffusersConfig, run: Run, inputs: Inputs, teacher: nn.Module)
         f"{cfg.teacher} ({parameters(teacher)}), param={inputs.teacher_param}, T={T}; students "
         f"param={cfg.param}; device {run.device}; out {run.out}"
     )
+    run.say(export_plan(inputs.exported, inputs.kept, T))
     model_info = {"kind": "diffusers", "path": os.path.abspath(cfg.teacher), "num_train_timesteps": T}
     save_model_json(
         run,
