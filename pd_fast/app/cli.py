@@ -20,7 +20,15 @@ from typing import Any, NoReturn
 
 import torch
 
-from .config import GuidedConfig, RunConfig, config_class, defaults, field_names, flag
+from .config import (
+    GuidedConfig,
+    RunConfig,
+    config_class,
+    defaults,
+    field_names,
+    flag,
+    parse_resolution,
+)
 
 NOT_FLAGS = ("out", "resume", "device", "threads", "guided", "no_progress", "debug")
 GUIDED_ONLY = tuple(n for n in field_names(GuidedConfig) if n not in field_names(config_class("builtin")))
@@ -53,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resolution",
-        type=int,
-        help="center-crop and resize every image to this many pixels a side (default: keep the size; "
-        "for a diffusers teacher, its sample_size)",
+        type=_resolution,
+        metavar="N|HxW",
+        help="center-crop every image to this aspect ratio and resize it to N x N (or H x W, e.g. 16x32) "
+        "pixels (default: keep the size; for a diffusers teacher, its sample_size)",
     )
     p.add_argument("--out", help="output folder (default runs/<timestamp>)")
     p.add_argument("--quick", action="store_true", help="a small, fast run (start 16 steps, short training)")
@@ -80,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-max-steps",
         type=int,
-        help="evaluate the teacher with DDIM up to this many steps (default 256; never below --start-steps)",
+        help="evaluate the teacher with DDIM up to this many steps (default 256; never below --start-steps; "
+        "a diffusers teacher: at most its T, the steps beyond are left out)",
     )
     p.add_argument("--ckpt-every", type=int, help="save the training state every this many iterations")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -103,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
+
+
+def _resolution(text: str) -> int | tuple[int, int]:
+    try:
+        return parse_resolution(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--resolution").lstrip(": ")) from err
 
 
 def _network_flags(g: Any) -> None:

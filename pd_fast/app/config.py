@@ -76,6 +76,33 @@ def eval_ws(text: Any) -> list[tuple[str, float]]:
     return out
 
 
+def parse_resolution(text: str) -> int | tuple[int, int]:
+    """`--resolution` as written: "N" (N x N pixels) -> N, "HxW" (height x width) -> (H, W);
+    ValueError unless every side is an integer >= 2."""
+    parts = text.strip().lower().split("x") if isinstance(text, str) else []
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--resolution must be N or HxW (e.g. 16 or 16x32), got {text!r}")
+    sides = tuple(int(p) for p in parts)
+    if min(sides) < 2:
+        raise ValueError(f"--resolution: every side must be >= 2 pixels, got {text!r}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+def resolution_text(resolution: int | tuple[int, ...] | list[int]) -> str:
+    """A resolution as `--resolution` takes it: 16 -> "16", (16, 32) -> "16x32"."""
+    return str(resolution) if _is_int(resolution) else "x".join(map(str, resolution))
+
+
+def _check_resolution(v: Any) -> None:
+    if v is None or (_is_int(v) and v >= 2):
+        return
+    if isinstance(v, tuple) and len(v) == 2 and all(_is_int(s) and s >= 2 for s in v):
+        return
+    raise ValueError(
+        f"--resolution must be an integer >= 2 or a pair (height, width) of them (HxW), got {v!r}"
+    )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What every job has: the data, the seed and the distillation rounds. Defaults: tuned on the
@@ -89,7 +116,8 @@ class RunConfig:
     )
 
     data: str = "digits"
-    resolution: int | None = None
+    # N (N x N pixels) or (H, W); None: the data's own size (a diffusers teacher: its sample_size)
+    resolution: int | tuple[int, int] | None = None
     seed: int = 0
     quick: bool = False
     start_steps: int = 128
@@ -102,6 +130,8 @@ class RunConfig:
     eval_max_steps: int = 256
 
     def __post_init__(self) -> None:
+        if isinstance(self.resolution, list):  # config.json holds (H, W) as a JSON list
+            object.__setattr__(self, "resolution", tuple(self.resolution))
         self.check()
 
     def check(self) -> None:
@@ -124,8 +154,7 @@ class RunConfig:
                 f"--start-steps must be --end-steps times a power of 2 (>= 2), got {self.start_steps} and "
                 f"{self.end_steps}"
             )
-        if self.resolution is not None and (not _is_int(self.resolution) or self.resolution < 2):
-            raise ValueError(f"--resolution must be an integer >= 2, got {self.resolution!r}")
+        _check_resolution(self.resolution)
 
     def to_dict(self) -> dict[str, Any]:
         """What config.json holds: the job's name and every field."""

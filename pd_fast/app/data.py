@@ -12,11 +12,12 @@ Every set is a float32 tensor `x` of shape (N, ...) with values in [-1, 1] (the 
 - `cifar10:PATH`: the CIFAR-10 python archive (`cifar-10-python.tar.gz`), its 50000 training
   images (N, 3, 32, 32) and labels; nothing is downloaded.
 
-Images become `pixel / 255 * 2 - 1` (16-bit grayscale: `/ 65535`). `resolution` center-crops every
-image to a square and resizes it (antialiased bicubic, as Pillow's resize) to `resolution` pixels
-a side; `channels` (1 or 3) converts color to grayscale (ITU-R 601-2 luma, as Pillow's "L") or
-grayscale to RGB. Without `channels`, a folder gives 1 channel when every image is grayscale,
-else 3 (an alpha channel is dropped).
+Images become `pixel / 255 * 2 - 1` (16-bit grayscale: `/ 65535`). `resolution` (N, or (H, W))
+center-crops every image to the largest region of that aspect ratio and resizes it (antialiased
+bicubic, as Pillow's resize) to N x N (H x W) pixels; images smaller than that are upscaled, with
+one warning per data set saying how many and their size. `channels` (1 or 3) converts color to
+grayscale (ITU-R 601-2 luma, as Pillow's "L") or grayscale to RGB. Without `channels`, a folder
+gives 1 channel when every image is grayscale, else 3 (an alpha channel is dropped).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import math
 import os
 import pickle
 import tarfile
+import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,12 +209,20 @@ def load_array(path: str) -> Dataset:
 # ----- images ----------------------------------------------------------------------------------
 
 
-def _check_resolution(resolution: int | None) -> int | None:
+Resolution = int | tuple[int, int]
+
+
+def _check_resolution(resolution: Resolution | None) -> tuple[int, int] | None:
+    """`resolution` (N, or (H, W)) as (H, W); None stays None."""
     if resolution is None:
         return None
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution must be an integer >= 2 (pixels a side), got {resolution!r}")
-    return resolution
+    sides = tuple(resolution) if isinstance(resolution, (tuple, list)) else (resolution, resolution)
+    if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in sides):
+        raise ValueError(
+            f"resolution must be an integer >= 2 (pixels a side) or a pair (height, width) of them, "
+            f"got {resolution!r}"
+        )
+    return sides[0], sides[1]
 
 
 def _check_channels(channels: int | None) -> int | None:
@@ -237,25 +248,56 @@ def match_channels(x: Tensor, channels: int | None, name: str = "data") -> Tenso
     )
 
 
-def center_crop_resize(x: Tensor, resolution: int) -> Tensor:
-    """Images (N, C, H, W) center-cropped to a square of side min(H, W) and resized to
-    (resolution, resolution) by antialiased bicubic interpolation, clamped back into [-1, 1]."""
-    resolution = _check_resolution(resolution)
+def crop_size(h: int, w: int, resolution: Resolution) -> tuple[int, int]:
+    """The largest (height, width) inside an h x w image with the aspect ratio of `resolution`
+    (N: a square of side min(h, w))."""
+    rh, rw = _check_resolution(resolution)
+    if h * rw >= w * rh:  # taller than the target: keep the width
+        return max(1, min(h, round(w * rh / rw))), w
+    return h, max(1, min(w, round(h * rw / rh)))
+
+
+def center_crop_resize(x: Tensor, resolution: Resolution) -> Tensor:
+    """Images (N, C, H, W) center-cropped to `crop_size` (the aspect ratio of `resolution`: N, a
+    square; (H, W)) and resized to it by antialiased bicubic interpolation, clamped into [-1, 1]."""
+    size = _check_resolution(resolution)
     h, w = x.shape[-2:]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    x = x[..., top : top + side, left : left + side]
-    if side == resolution:
+    ch, cw = crop_size(h, w, size)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    x = x[..., top : top + ch, left : left + cw]
+    if (ch, cw) == size:
         return x.contiguous()
     out = torch.nn.functional.interpolate(
-        x.float(), size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False
+        x.float(), size=size, mode="bicubic", antialias=True, align_corners=False
     )
     return out.clamp(-1.0, 1.0).to(x.dtype)
 
 
-def fit_images(x: Tensor, resolution: int | None, channels: int | None, name: str = "data") -> Tensor:
-    """`match_channels` then, with a `resolution`, `center_crop_resize`; flat data (N, D) only
-    passes when neither is asked for."""
+def upscaled(h: int, w: int, resolution: Resolution) -> bool:
+    """Whether an h x w image is smaller than `resolution` (its crop is upscaled in some side)."""
+    ch, cw = crop_size(h, w, resolution)
+    rh, rw = _check_resolution(resolution)
+    return ch < rh or cw < rw
+
+
+def warn_upscaled(sizes: Counter, total: int, resolution: Resolution, name: str) -> None:
+    """One warning for the images of a data set that are smaller than `resolution`: `sizes` counts
+    them by (height, width); nothing when it is empty."""
+    count = sum(sizes.values())
+    if not count:
+        return
+    rh, rw = _check_resolution(resolution)
+    shown = ", ".join(f"{h}x{w}" for (h, w), _ in sizes.most_common(3)) + (", ..." if len(sizes) > 3 else "")
+    warnings.warn(
+        f"data {name}: {count} of {total} images ({shown}, height x width) are smaller than the resolution "
+        f"{rh}x{rw} and are upscaled to it (blurred)",
+        stacklevel=3,
+    )
+
+
+def fit_images(x: Tensor, resolution: Resolution | None, channels: int | None, name: str = "data") -> Tensor:
+    """`match_channels` then, with a `resolution`, `center_crop_resize` (warning once if the images
+    are smaller, `warn_upscaled`); flat data (N, D) only passes when neither is asked for."""
     if resolution is None and channels is None:
         return x
     if x.ndim != 4:
@@ -264,7 +306,12 @@ def fit_images(x: Tensor, resolution: int | None, channels: int | None, name: st
             "resolution and channels apply to images only"
         )
     x = match_channels(x, channels, name)
-    return x if resolution is None else center_crop_resize(x, resolution)
+    if resolution is None:
+        return x
+    h, w = x.shape[-2:]
+    if upscaled(h, w, resolution):
+        warn_upscaled(Counter({(h, w): len(x)}), len(x), resolution, name)
+    return center_crop_resize(x, resolution)
 
 
 def _image_files(folder: str) -> list[str]:
@@ -297,7 +344,9 @@ def _image_array(image, channels: int) -> np.ndarray:  # noqa: ANN001
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_image_folder(folder: str, resolution: int | None = None, channels: int | None = None) -> Dataset:
+def load_image_folder(
+    folder: str, resolution: Resolution | None = None, channels: int | None = None
+) -> Dataset:
     """The PNG/JPEG images under `folder` (recursively, sorted, hidden files skipped) as (N, C, H, W)
     in [-1, 1] (see the module docstring for `resolution` and `channels`), no labels.
 
@@ -316,12 +365,13 @@ def load_image_folder(folder: str, resolution: int | None = None, channels: int 
             with _open_image(f) as image:
                 gray = gray and image.mode in _GRAY_MODES
         channels = 1 if gray else 3
-    images, first = [], None
+    images, first, small = [], None, Counter()
     for f in files:
         with _open_image(f) as image:
             arr = _image_array(image, channels)
         x = torch.from_numpy(arr * 2.0 - 1.0)[None]
         if resolution is not None:
+            small.update([tuple(x.shape[-2:])] if upscaled(*x.shape[-2:], resolution) else [])
             x = center_crop_resize(x, resolution)
         elif first is None:
             first = (f, x.shape[-2:])
@@ -332,6 +382,8 @@ def load_image_folder(folder: str, resolution: int | None = None, channels: int 
                 "to center-crop and resize them all"
             )
         images.append(x)
+    if resolution is not None:
+        warn_upscaled(small, len(files), resolution, folder)
     x = torch.cat(images).clamp(-1.0, 1.0).contiguous()
     return Dataset(x, None, os.path.basename(os.path.normpath(folder)))
 
@@ -379,7 +431,7 @@ def _cifar_batch(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> t
     return data, labels
 
 
-def load_cifar10(archive: str, resolution: int | None = None, channels: int | None = None) -> Dataset:
+def load_cifar10(archive: str, resolution: Resolution | None = None, channels: int | None = None) -> Dataset:
     """CIFAR-10's training set from the python archive (`cifar-10-python.tar.gz`, as distributed):
     the batches `cifar-10-batches-py/data_batch_1..5`, images (N, 3, 32, 32) in [-1, 1], labels 0..9.
     ValueError naming the archive (and the member) for a missing file, another layout, or a batch
@@ -414,7 +466,7 @@ def load_data(
     name_or_path: str = "digits",
     n: int = 4096,
     seed: int = 0,
-    resolution: int | None = None,
+    resolution: Resolution | None = None,
     channels: int | None = None,
 ) -> Dataset:
     """The data set `name_or_path`: 'digits' (default), 'moons', 'eight_gaussians' (`n` points drawn

@@ -33,6 +33,11 @@ def checked_teacher(cfg: BuiltinConfig, model: nn.Module, data: Any) -> tuple[nn
     """The `--teacher` checkpoint of `cfg`, loaded and checked: a file, a teacher (not a student of
     fewer steps than --start-steps) that takes the data (and, for a guided run, its classes)."""
     path = cfg.teacher
+    if os.path.isdir(path):
+        raise ValueError(
+            f"--teacher {path} is a folder, but not a diffusers pipeline folder (model_index.json, unet/, "
+            "scheduler/); a built-in teacher is a .safetensors checkpoint"
+        )
     if not os.path.isfile(path):
         raise ValueError(f"--teacher {path}: no such file")
     if not path.endswith(".safetensors"):
