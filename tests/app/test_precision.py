@@ -266,9 +266,10 @@ def test_fp32_is_the_plain_fp32_update_bitwise() -> None:
 def test_a_resume_with_another_precision_is_refused(first: str, then: str, tmp_path: Path) -> None:
     data = eight_gaussians(64, seed=0)
     train_teacher(TinyMLP(seed=0), data, iters=2, out_dir=tmp_path, precision=first, **TEACHER)
-    config = json.loads((tmp_path / "checkpoints" / "teacher_state.json").read_text())["config"]
+    info = json.loads((tmp_path / "checkpoints" / "teacher_state.json").read_text())
     # fp32 records nothing, as the states written before `precision` existed, which still resume
-    assert config.get("precision") == (None if first == "fp32" else first)
+    assert info["config"].get("precision") == (None if first == "fp32" else first)
+    assert ("scaler" in info) == (first == "fp16")
     run = dict(iters=2, out_dir=tmp_path, resume=True, **TEACHER)
     with pytest.raises(ValueError, match=f"precision='{first}', this call has precision='{then}'"):
         train_teacher(TinyMLP(seed=0), data, precision=then, **run)
