@@ -2,13 +2,14 @@
 
     train_teacher(model, data, *, schedule=None, param="v", weighting="snr_trunc", iters=2000,
                   batch_size=128, lr=1e-3, warmup=100, ema_decay=0.999, grad_clip=1.0, seed=0,
-                  out_dir=None, ckpt_every=0, resume=False, progress=True, log_every=10)
+                  out_dir=None, ckpt_every=0, resume=False, progress=True, log_every=10,
+                  precision="fp32")
         -> nn.Module   # a new module holding the EMA weights, in eval mode
     progressive_distill(teacher, data, start_steps, end_steps=1, *, schedule=None, param="v",
                         weighting="snr_trunc", iters=1000, last_rounds_factor=1.0, batch_size=128,
                         lr=1e-4, grad_clip=1.0, seed=0, out_dir=None, ckpt_every=0, resume=False,
                         progress=True, log_every=10, on_round_end=None, labels=None, w_min=0.0,
-                        w_max=4.0, cond=None)
+                        w_max=4.0, cond=None, bounded=True, precision="fp32")
         -> dict[int, nn.Module]   # {student steps: student}, e.g. {4: ..., 2: ..., 1: ...}, eval mode
     distill_guidance(teacher, data, labels=None, *, cond=None, null_cond=None, student=None,
                      w_min=0.0, w_max=4.0, ...)   # [GD] stage 1: a w-conditioned student
@@ -48,10 +49,23 @@ latents) is moved there once. Conditional stages take `labels` (integers (N,)) o
   holds the data's fingerprint) and cuts the log back to that checkpoint; a stage starting afresh
   cuts the log back to the stages before it. Checkpoint files are verified against their SHA-256
   (`pd_fast.app.checkpoint`): a damaged last state falls back to the one before it, with a warning.
+- `precision` ("fp32", "bf16" or "fp16"; also of `distill_guidance`; another value is a
+  ValueError): the trained network (the teacher, or the student) runs its forward under
+  `torch.autocast` in bf16 or fp16, its weights and Adam's states staying fp32, its output cast to
+  fp32 for the loss; fp16 adds a loss scaler (`torch.amp.GradScaler`: the gradients unscaled before
+  the clipping, an update with an inf or NaN gradient skipped) and a fused Adam that skips on the
+  device; the scaler's state goes into the training state. The frozen networks of the targets (the
+  teacher of guidance, the previous round's model) run as a copy with half parameters, under
+  autocast on fp32 inputs, their outputs cast to fp32; the targets' math stays fp32. "fp32" (the
+  default) runs as before, bitwise; it is part of the stage's config, so a resume with another
+  precision is refused. Autocast on CPU supports both half dtypes, so both run there too.
 - Finiteness: every update's loss and gradient norm go into a small device buffer, read (one host
   sync) every `CHECK_EVERY` updates, before every log record and before every checkpoint, which
   also checks the weights. A non-finite value raises `TrainingDiverged` naming the stage, round and
   iteration; nothing is written after the last finite checkpoint, so a resume continues from it.
+  With fp16, an update with a finite loss and a non-finite gradient norm is one the loss scaler
+  skipped, not divergence, unless `MAX_SKIPPED` (40) updates in a row are; a non-finite loss or
+  weight always stops training.
 - Randomness comes only from `torch.Generator`s seeded from (seed, rank, stage) (data and t on
   the CPU, noise on the device) and torch's global RNG (dropout); all are checkpointed. With
   `torch.use_deterministic_algorithms(True)` and a fixed thread count, a run killed with SIGKILL
@@ -73,7 +87,7 @@ from .distill import progressive_distill
 # for the jobs (`from .training import part_ranks, rank_fingerprints`), outside `__all__` as before
 from .distributed import part_ranks as part_ranks
 from .distributed import rank_fingerprints as rank_fingerprints
-from .guards import CHECK_EVERY, TrainingDiverged
+from .guards import CHECK_EVERY, MAX_SKIPPED, TrainingDiverged
 from .guidance import distill_guidance
 from .teacher import train_teacher
 
@@ -86,6 +100,7 @@ __all__ = [
     "data_fingerprint",
     "TrainingDiverged",
     "CHECK_EVERY",
+    "MAX_SKIPPED",
     "load_model_checkpoint",
     "schedule_from_dict",
 ]

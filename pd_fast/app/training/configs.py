@@ -10,6 +10,7 @@ from typing import Any
 from ..._checks import param_name, weighting_name
 from .. import checkpoint as ckpt
 from .checks import _positive_float, _positive_int, _round_steps, _schedule, _unit_float, _w_range
+from .precision import _precision
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,9 +30,11 @@ class _StageConfig:
     data: str | None = None  # `data_fingerprint` of the data when the run writes checkpoints
     # conditional stages: the labels' `data_fingerprint` when the run writes checkpoints ("" if not)
     labels: str | None = None
+    precision: str = "fp32"  # the trained network's autocast dtype: "fp32", "bf16" or "fp16"
 
     def __post_init__(self) -> None:
         param_name(self.param)
+        _precision(self.precision)
         weighting_name(self.weighting)
         self._set("schedule", _schedule(self.schedule))
         self._set("batch_size", _positive_int("batch_size", self.batch_size))
@@ -55,7 +58,13 @@ class _StageConfig:
             "world_size": self.world_size,
             "data_shape": list(self.data_shape),
             "data": self.data,
-        } | ({} if self.labels is None else {"labels": self.labels})
+        } | self._optional()
+
+    def _optional(self) -> dict[str, str]:
+        """What the config records only where it applies: the labels' fingerprint (conditional
+        stages), and a precision other than fp32 (states from before `precision` still resume)."""
+        labels = {} if self.labels is None else {"labels": self.labels}
+        return labels | ({} if self.precision == "fp32" else {"precision": self.precision})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ from .conditioning import _labels_and_w, _with_cond
 from .configs import _DistillConfig
 from .distributed import _dist_context, _wrap
 from .loop import _iterate
+from .precision import _adam, _check_master_weights, _frozen, _load_scaler, _scaler
 from .stage import _Stage, _Step
 from .state import _load_module, _load_state, _save_model, _save_state
 
@@ -50,6 +51,7 @@ def progressive_distill(
     w_min: float = 0.0,
     w_max: float = 4.0,
     cond: Any = None,
+    precision: str = "fp32",
 ) -> dict[int, nn.Module]:
     """Progressive distillation ([PD] Algorithm 2; official settings in docs/spec.md section 6).
 
@@ -68,6 +70,10 @@ def progressive_distill(
     `student(z_t, t, c, w)`: one network call per step for every w in the range. `cond` (a float
     tensor (N, ...), e.g. prompt embeddings) takes the place of `labels` for a model conditioned on
     tensors (docs/spec.md section 10).
+
+    `precision` "bf16" or "fp16": each student trains under autocast with fp32 weights and Adam
+    states (fp16 with a loss scaler), and the previous round's model makes the targets as a copy with
+    half parameters (module docstring); "fp32" (default) runs everything in fp32.
 
     Returns {N: student} for every round, each in eval mode. `teacher` is not modified (it is
     put in eval mode while it makes targets, and its mode is restored at the end).
@@ -94,8 +100,9 @@ def progressive_distill(
         grad_clip=grad_clip, seed=seed, world_size=ctx.world, data_shape=tuple(data.shape),
         data=data_fingerprint(data) if out_dir is not None else None,
         teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None,
-        labels=_labels_fingerprint(labels, out_dir), w_min=w_min, w_max=w_max,
+        labels=_labels_fingerprint(labels, out_dir), w_min=w_min, w_max=w_max, precision=precision,
     )  # fmt: skip
+    _check_master_weights(teacher, cfg.precision, "teacher")
     stage = _Stage.open(
         "distill", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress, labels
     )
@@ -133,18 +140,20 @@ def _distill_round(
     current.eval()
     student = copy.deepcopy(current)
     params = _trainable(student, "teacher")
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt, scaler = _adam(params, cfg.lr, cfg.precision), _scaler(cfg.precision, stage.device)
     start = 0
     if state is not None:
         info, tensors = state
         _load_module(student, "student", info, tensors)
         ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
+        _load_scaler(scaler, info)
         start = int(info["iteration"])
     student.train()
+    frozen = _frozen(current, cfg.precision)
 
     def target(x: Tensor, z_t: Tensor, t: Tensor, alpha_t: Tensor, sigma_t: Tensor, cond: tuple) -> tuple:
         # the previous student at the example's label and w: `lambda z, t: current(z, t, c, w)`
-        model = current if not cond else functools.partial(_with_cond, current, cond)
+        model = frozen if not cond else functools.partial(_with_cond, frozen, cond)
         with torch.no_grad():  # teacher_two_step wants t on the CPU: no device sync
             return teacher_two_step(model, z_t, t, steps, cfg.schedule, cfg.param)
 
@@ -157,6 +166,7 @@ def _distill_round(
         draw_cond=None if stage.c_local is None else functools.partial(
             _labels_and_w, stage.c_local, cfg.w_min, cfg.w_max, stage.device
         ),
+        scaler=scaler,
     )  # fmt: skip
     _iterate(stage, step, start)
     student.eval()

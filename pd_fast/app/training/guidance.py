@@ -26,6 +26,7 @@ from .conditioning import _labels_and_w
 from .configs import _GuidanceConfig
 from .distributed import _dist_context, _wrap
 from .loop import _iterate, _x_endpoint
+from .precision import _adam, _check_master_weights, _frozen, _load_scaler, _scaler
 from .stage import _Stage, _Step
 from .state import _intact, _load_module, _load_state, _save_model, _save_state
 
@@ -55,6 +56,7 @@ def distill_guidance(
     progress: bool = True,
     log_every: int = 10,
     bounded: bool = True,
+    precision: str = "fp32",
 ) -> nn.Module:
     """[GD] stage 1 (docs/spec.md section 8): a w-conditioned student `student(z, t, c, w)`
     (`pd_fast.app.models.w_conditioned_from(teacher, seed)`, which starts as the conditional
@@ -76,7 +78,8 @@ def distill_guidance(
     `pd_fast.app.reparam`): the target is read in it, the student's loss in `param`.
 
     Returns the student in eval mode; `teacher` is not modified (its mode is restored). Checkpoints
-    (`guided` model, `guidance` training state), resume and DDP as the other stages (module docstring).
+    (`guided` model, `guidance` training state), resume, DDP and `precision` (the student under
+    autocast, the teacher as a copy with half parameters) as the other stages (module docstring).
     """
     from ..models import w_conditioned_from
 
@@ -105,17 +108,20 @@ def distill_guidance(
         labels=_labels_fingerprint(labels if null is None else torch.cat([labels, null]), out_dir),
         w_min=w_min, w_max=w_max,
         teacher=ckpt.model_fingerprint(teacher) if out_dir is not None else None, teacher_param=teacher_param,
+        precision=precision,
     )  # fmt: skip
     params = _trainable(student, "student")
+    _check_master_weights(student, cfg.precision, "student")
     stage = _Stage.open(
         "guidance", cfg, ctx, data, device, dtype, out_dir, ckpt_every, log_every, progress, labels
     )
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt, scaler = _adam(params, cfg.lr, cfg.precision), _scaler(cfg.precision, device)
     start, state = 0, _load_state(stage, resume)
     if state is not None:
         info, tensors = state
         _load_module(student, "student", info, tensors)
         ckpt.optimizer_from_tensors(opt, tensors, info["optimizer"])
+        _load_scaler(scaler, info)
         start = int(info["iteration"])
     teacher_was_training = teacher.training
     teacher.eval()
@@ -124,16 +130,19 @@ def distill_guidance(
         round=0, steps=None, iters=cfg.iters, desc="guidance (stage 1)",
         net=_wrap(student, ctx, device), params=params, opt=opt, modules={"student": student},
         draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
-        target=functools.partial(_guided_target, teacher, cfg.teacher_param or cfg.param, null),
+        target=functools.partial(
+            _guided_target, _frozen(teacher, cfg.precision), cfg.teacher_param or cfg.param, null
+        ),
         lr_at=lambda k: cfg.lr * (1.0 - k / cfg.iters),
         draw_cond=functools.partial(_labels_and_w, stage.c_local, cfg.w_min, cfg.w_max, device),
+        scaler=scaler,
     )  # fmt: skip
     try:
         _iterate(stage, step, start)
         if start < cfg.iters:
             student.eval()
             _save_model(stage, "guided", student, None, 0, cfg.iters)
-            _save_state(stage, 0, cfg.iters, step.modules, opt)
+            _save_state(stage, 0, cfg.iters, step.modules, opt, scaler)
     finally:
         stage.log.close()
         teacher.train(teacher_was_training)

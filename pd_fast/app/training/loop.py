@@ -18,6 +18,7 @@ from ...distillation import fused_distill_loss
 from ...schedules import diffuse
 from .configs import _StageConfig
 from .guards import CHECK_EVERY, _Guard
+from .precision import _autocast
 from .stage import _Stage, _Step
 from .state import _save_state
 
@@ -41,7 +42,7 @@ def _iterate(stage: _Stage, step: _Step, start: int) -> None:
             cond = () if step.draw_cond is None else step.draw_cond(idx, gens.data)
             loss = _loss(step.net, x, t, gens.noise, cfg, step.target, cond)
             lr = step.lr_at(k)
-            grad_norm = _update(step.params, step.opt, loss, lr, cfg.grad_clip)
+            grad_norm = _update(step.params, step.opt, loss, lr, cfg.grad_clip, step.scaler)
             if step.after_update is not None:
                 step.after_update(k)
             guard.record(loss, grad_norm)
@@ -65,7 +66,7 @@ def _iterate(stage: _Stage, step: _Step, start: int) -> None:
                 stage.log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
             if stage.ckpt_every and done % stage.ckpt_every == 0 and done < step.iters:
-                _save_state(stage, step.round, done, step.modules, step.opt)
+                _save_state(stage, step.round, done, step.modules, step.opt, step.scaler)
     finally:
         bar.close()
 
@@ -87,7 +88,8 @@ def _loss(
 ) -> Tensor:
     """The batch loss of docs/spec.md section 5 ([PD] Algorithm 2, lines 4-10): x (B, ...) on the
     device, t (B,) float64 on the CPU; z_t = diffuse(x, t, schedule, eps), x_tilde from `target`;
-    the network is called `net(z_t, t, *cond)`."""
+    the network is called `net(z_t, t, *cond)`, under autocast for `cfg.precision` bf16 or fp16, and
+    its output goes into the loss in z_t's dtype (fp32), as the loss wants it."""
     # t and its coefficients go to the device in one copy that does not block the host; their CPU
     # copies serve the checks of diffuse and of the loss, so that no call here syncs with the device
     alpha_t, sigma_t = on_cpu(cfg.schedule.alpha_sigma(t))
@@ -98,7 +100,9 @@ def _loss(
     eps = torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
     z_t = diffuse(x, t_dev, cfg.schedule, eps)
     z_tpp, alpha_tpp, sigma_tpp = target(x, z_t, t, alpha_t, sigma_t, cond)
-    out = net(z_t, t_dev.to(x.dtype), *cond)
+    with _autocast(cfg.precision, x.device):
+        out = net(z_t, t_dev.to(x.dtype), *cond)
+    out = out.to(z_t.dtype)  # autocast's half output: the loss takes out in z_t's dtype
     return fused_distill_loss(
         out, z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp, cfg.param, weighting=cfg.weighting
     ).mean()
@@ -110,14 +114,25 @@ def _update(
     loss: Tensor,
     lr: float,
     grad_clip: float | None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Tensor:
-    """Backward, global-norm clipping, one Adam step at learning rate `lr`; returns the pre-clip norm."""
+    """Backward, global-norm clipping, one Adam step at learning rate `lr`; returns the pre-clip norm.
+    With fp16's loss `scaler`: backward of the scaled loss, the gradients unscaled before the clipping,
+    and the step skipped if one of them is inf or NaN (the scaler then lowers its scale)."""
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
     for group in opt.param_groups:
         group["lr"] = lr
-    opt.step()
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
     return grad_norm
 
 

@@ -26,7 +26,7 @@ class _Step:
     network's extra inputs `cond`, (c,) or (c, w), for the examples `idx` of the stage's labels,
     drawn after t; `target(x, z_t, t, alpha_t, sigma_t, cond)` -> x_tilde as (z_tpp, alpha_tpp,
     sigma_tpp) (docs/spec.md section 4); `lr_at(k)`, the LR of update k; `after_update(k)` (the
-    teacher's EMA). `modules` go into the training state by name."""
+    teacher's EMA). `modules` go into the training state by name, with `opt` and fp16's loss `scaler`."""
 
     round: int
     steps: int | None
@@ -41,6 +41,7 @@ class _Step:
     lr_at: Callable[[int], float]
     after_update: Callable[[int], None] | None = None
     draw_cond: Callable[[Tensor, torch.Generator], tuple[Tensor, ...]] | None = None
+    scaler: torch.amp.GradScaler | None = None
 
 
 @dataclass

@@ -57,8 +57,9 @@ def _committed(stage: _Stage, resume: bool) -> tuple[dict[str, Any], dict[str, T
         raise
     if state is None:
         return None
-    saved = state[0].get("config", {})
-    for key, value in stage.cfg.to_dict().items():
+    # an fp32 config records no precision (states from before it existed); compare it all the same
+    saved = {"precision": "fp32"} | state[0].get("config", {})
+    for key, value in ({"precision": "fp32"} | stage.cfg.to_dict()).items():
         if key == "data" and key not in saved:
             continue  # a state written before the data's fingerprint was recorded
         if json.loads(json.dumps(saved.get(key))) != json.loads(json.dumps(value)):
@@ -82,8 +83,10 @@ def _save_state(
     iteration: int,
     modules: dict[str, nn.Module],
     opt: torch.optim.Optimizer | None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Commit the training state (a collective call under DDP: every rank's generators)."""
+    """Commit the training state (a collective call under DDP: every rank's generators); fp16's
+    loss `scaler` goes with the optimizer."""
     rng = _gather_rng(stage.gens, stage.ctx)
     if stage.ctx.main and stage.ckpt_dir is not None:
         tensors, scalars = dict(rng), None
@@ -100,7 +103,7 @@ def _save_state(
             "elapsed": time.perf_counter() - stage.t0,
             "log_bytes": stage.log.size(),
             **stage.cfg.progress_info(round_, iteration),
-        }
+        } | ({} if scaler is None else {"scaler": scaler.state_dict()})
         ckpt.save_training_state(stage.ckpt_dir, stage.name, tensors, info)
     stage.last_commit = (round_, iteration)
     stage.ctx.barrier()
