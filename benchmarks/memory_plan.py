@@ -705,7 +705,7 @@ DATA_COLUMNS = [
 ACT_COLUMNS = [
     ("model", "model", "s"), ("precision", "precision", "s"), ("ckpt", "ckpt", "s"),
     ("source", "source", "s"), ("channels", "ch0", "d"), ("worst", "MiB/ex", ".1f"),
-    ("saved", "saved MiB/ex", ".1f"), ("a", "a MiB", ".1f"), ("residual", "fit resid", ".1%"),
+    ("saved", "saved MiB/ex", ".1f"), ("a", "a MiB", ".1f"), ("residual", "fit resid", ".1e"),
     ("peak_b1", "peak b1 MiB", ".0f"),
 ]  # fmt: skip
 OTHER_COLUMNS = [
