@@ -381,9 +381,10 @@ def measure_width(name: str, c0: int, side: int, args: argparse.Namespace) -> tu
 
 
 def attention_check(name: str, side: int) -> dict[str, Any]:
-    """The classic attention's scores, measured against their computation: per example bytes at
-    the smallest SD 1.5-like width, fp32, without checkpointing, with diffusers' `AttnProcessor`
-    (scores stored) minus with `AttnProcessor2_0` (SDPA)."""
+    """The classic attention's scores, measured against their computation: bytes saved per example
+    at the smallest width of `name` and latent side `side`, fp32, without checkpointing, with
+    diffusers' `AttnProcessor` (scores stored) minus with `AttnProcessor2_0` (SDPA); computed: the
+    scores minus what SDPA saves in their place (its output and log-sum-exp)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     c0 = scaled_channels(name, 16)
