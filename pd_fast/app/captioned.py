@@ -63,11 +63,11 @@ class Captioned:
 @dataclass
 class Encoded:
     """What the training stages read: `latents` float32 (N, C, h, w), `cond` float32 (N, L, D) and
-    the null condition `null_cond` (1, L, D), the embedding of the empty prompt."""
+    the null condition `null_cond` (1, L, D), the empty prompt's embedding (None: unconditional)."""
 
     latents: Tensor
-    cond: Tensor
-    null_cond: Tensor
+    cond: Tensor | None
+    null_cond: Tensor | None
 
 
 def read_metadata(folder: str) -> list[tuple[str, str]]:
@@ -149,12 +149,13 @@ def _batched(fn: Callable[[Any], Tensor], items: Any, batch_size: int, desc: str
 
 def encode_cached(
     data: Captioned, encoder: Any, cache_dir: str | os.PathLike | None, teacher_id: str, batch_size: int = 32,
-    progress: bool = True,
+    progress: bool = True, conditional: bool = True,
 ) -> Encoded:  # fmt: skip
     """The latents and prompt embeddings of `data` by `encoder` (its `encode_images(x)`,
     `encode_prompt(prompts)` and `null_condition()`), from the cache in `cache_dir` when it holds those
     of this data and teacher, else computed in batches and cached there (None: nowhere). ValueError
-    if the cache holds another data set's or another teacher's."""
+    if the cache holds another data set's or another teacher's. `conditional` False: latents only
+    (an unconditional teacher's; the captions are not encoded)."""
     from .checkpoint import CheckpointError, load_tensors, read_json, save_json, save_tensors
 
     key = {"data": data.fingerprint(), "teacher": teacher_id}
@@ -170,16 +171,20 @@ def encode_cached(
                 )
         try:
             tensors, _ = load_tensors(path, info.get("sha256"))
-            return Encoded(tensors["latents"], tensors["cond"], tensors["null_cond"])
+            return Encoded(tensors["latents"], tensors.get("cond"), tensors.get("null_cond"))
         except (CheckpointError, KeyError) as err:
             warnings.warn(f"{err}; encoding the data again", stacklevel=2)
     latents = _batched(encoder.encode_images, data.images, batch_size, "encoding images", progress)
-    cond = _batched(encoder.encode_prompt, data.captions, batch_size, "encoding prompts", progress)
-    with torch.no_grad():
-        null = encoder.null_condition().float().cpu().reshape(1, *cond.shape[1:])
-    encoded = Encoded(latents.contiguous(), cond.contiguous(), null.contiguous())
+    cond = null = None
+    if conditional:
+        cond = _batched(encoder.encode_prompt, data.captions, batch_size, "encoding prompts", progress)
+        with torch.no_grad():
+            null = encoder.null_condition().float().cpu().reshape(1, *cond.shape[1:]).contiguous()
+        cond = cond.contiguous()
+    encoded = Encoded(latents.contiguous(), cond, null)
     if path is not None:  # the tensors first, then the record that vouches for them
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"latents": encoded.latents, "cond": encoded.cond, "null_cond": encoded.null_cond}
+        tensors = {k: v for k, v in tensors.items() if v is not None}
         save_json(record, {**key, "sha256": save_tensors(path, tensors)})
     return encoded

@@ -28,6 +28,8 @@ inside the functions: importing this module imports neither.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,32 @@ def _transformers() -> Any:
             "'progressive-distillation[diffusers]' (or pip install -e .[diffusers] in a clone)"
         ) from err
     return transformers
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """diffusers' and transformers' progress bars and notices off while they load or save a pipeline
+    (a job's stderr carries its own progress and one-line errors), as they were afterwards."""
+    libraries = [_diffusers().utils.logging] + (
+        [_transformers().utils.logging] if _has_transformers() else []
+    )
+    states = [(lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in libraries]
+    for lib in libraries:
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lib, (bar, verbosity) in zip(libraries, states, strict=True):
+            lib.set_verbosity(verbosity)
+            if bar:
+                lib.enable_progress_bar()
+
+
+def _has_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
 
 
 # ----- the w embedding and the cross-attention UNet ------------------------------------------------
@@ -441,7 +469,7 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_latent_pipeline(path: str | os.PathLike, scheduler: Any = None) -> LatentPipeline:
+def _load_latent_pipeline(path: str | os.PathLike, scheduler: Any = None) -> LatentPipeline:
     """A `StableDiffusionPipeline` or `LDMPipeline` folder as a `LatentPipeline` (module docstring);
     `scheduler` (a diffusers scheduler or its folder) overrides the folder's own. Refuses other
     folders as `pipeline_kind` does."""
@@ -500,7 +528,7 @@ def _check_student(unet: nn.Module, pipeline: LatentPipeline) -> None:
             raise ValueError(f"model: the UNet attends to {width} features, the text encoder gives {hidden}")
 
 
-def export_latent_pipeline(
+def _export_latent_pipeline(
     unet: nn.Module,
     num_train_timesteps: int,
     schedule: Any,
@@ -561,3 +589,17 @@ def export_latent_pipeline(
     }
     write_export_info(out, info)
     return out
+
+
+def load_latent_pipeline(path: str | os.PathLike, scheduler: Any = None) -> LatentPipeline:
+    """A `StableDiffusionPipeline` or `LDMPipeline` folder as a `LatentPipeline` (module docstring);
+    `scheduler` (a diffusers scheduler or its folder) overrides the folder's own. Refuses other
+    folders as `pipeline_kind` does. The libraries load quietly (`quiet_libraries`)."""
+    with quiet_libraries():
+        return _load_latent_pipeline(path, scheduler)
+
+
+def export_latent_pipeline(*args: Any, **kwargs: Any) -> Path:
+    """`_export_latent_pipeline` (its docstring) with the libraries quiet (`quiet_libraries`)."""
+    with quiet_libraries():
+        return _export_latent_pipeline(*args, **kwargs)

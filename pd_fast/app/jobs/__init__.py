@@ -4,6 +4,7 @@ anything) and `run(cfg, run, inputs) -> report` (the job, as a short list of nam
     builtin              a built-in network trained on built-in or user data, then distilled
     guided               guided distillation ([GD]): a conditional teacher, stages 1 and 2
     diffusers_teacher    a diffusers UNet2DModel pipeline folder as the teacher
+    text_to_image        a latent pipeline folder (Stable Diffusion: guided; LDM) as the teacher
 
 `job_module(name)` imports the job of a config's `job` name.
 """
@@ -13,7 +14,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-MODULES = {"builtin": "builtin", "guided": "guided", "diffusers": "diffusers_teacher"}
+MODULES = {
+    "builtin": "builtin",
+    "guided": "guided",
+    "diffusers": "diffusers_teacher",
+    "text_to_image": "text_to_image",
+}
 
 
 def job_module(name: str) -> ModuleType:

@@ -54,6 +54,8 @@ class Inputs:
     pipeline: Any  # pd_fast.integrations.latent.LatentPipeline
     data: Any  # pd_fast.app.captioned.Captioned
     prompts: list[str]
+    exported: list[int]  # the students' N that will be exported (N divides T)
+    kept: list[int]  # and those that stay checkpoints
 
 
 def prepare(cfg: TextToImageConfig, run: Run) -> Inputs:
@@ -63,16 +65,18 @@ def prepare(cfg: TextToImageConfig, run: Run) -> Inputs:
     from ...integrations.latent import load_latent_pipeline
 
     pipeline = load_latent_pipeline(cfg.teacher)
-    T = pipeline.model.num_train_timesteps
-    if cfg.start_steps > T:
-        raise ValueError(f"--start-steps {cfg.start_steps} is more than the teacher's {T} training timesteps")
+    from .diffusers_teacher import check_steps
+
+    # a start-steps student of another param: an LDM's (a guided student changes param in stage 1)
+    param = pipeline.param if pipeline.kind == "ldm" else cfg.param
+    exported, kept = check_steps(cfg, pipeline.model.num_train_timesteps, param)
     data = _load_data(cfg, pipeline)
     with torch.no_grad():  # one example all the way through, before anything is written
         z0 = pipeline.encode_images(data.images[:1])
         cond = pipeline.encode_prompt(data.captions[:1]) if pipeline.kind != "ldm" else None
         args = () if cond is None else (cond,)
         pipeline.model(z0, torch.full((1,), 0.5), *args)
-    return Inputs(pipeline, data, _prompts(cfg, data))
+    return Inputs(pipeline, data, _prompts(cfg, data), exported, kept)
 
 
 def image_size(pipeline: Any) -> tuple[int, int]:
@@ -126,6 +130,7 @@ def teacher_id(pipeline: Any) -> str:
 def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
     """The job (module docstring); returns the report (also written to `report.json`)."""
     from ..captioned import encode_cached
+    from .diffusers_teacher import export_plan
 
     pipeline, data = inputs.pipeline.to(run.device), inputs.data
     teacher = pipeline.model
@@ -134,12 +139,22 @@ def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
         f"{pipeline.kind} {cfg.teacher} ({parameters(teacher)}), param={pipeline.param}, "
         f"T={teacher.num_train_timesteps}; students param={cfg.param}; device {run.device}; out {run.out}"
     )
+    kind = "LDMPipelines" if pipeline.kind == "ldm" else "StableDiffusionPipelines"
+    run.say(
+        export_plan(inputs.exported, inputs.kept, teacher.num_train_timesteps).replace("DDIMPipelines", kind)
+    )
     save_model_json(
         run, {"model": {"kind": pipeline.kind, "path": os.path.abspath(cfg.teacher)}, "param": cfg.param}
     )
     with run.timed("encode_seconds"):
         encoded = encode_cached(
-            data, pipeline, run.path("cache"), teacher_id(pipeline), cfg.batch_size, run.progress
+            data,
+            pipeline,
+            run.path("cache"),
+            teacher_id(pipeline),
+            cfg.batch_size,
+            run.progress,
+            conditional=pipeline.kind != "ldm",
         )
     guided = pipeline.kind != "ldm"
     with run.timed("guidance_train_seconds"):
@@ -167,13 +182,17 @@ def stage_1(pipeline: Any, encoded: Any, cfg: TextToImageConfig, run: Run) -> nn
     teacher's guided prediction for w ~ U[w_min, w_max], read in the teacher's param and learnt in
     the students' (`--param`)."""
     from ...integrations.latent import w_conditioned_student
+    from ..reparam import TEACHER_WEIGHTING
     from ..training import distill_guidance
 
     student = w_conditioned_student(pipeline.model, cfg.guidance_dim)
+    # a student of another param learns best with the loss in the teacher's own space (pd_fast.app.reparam)
+    weighting = "snr_trunc" if pipeline.param == cfg.param else TEACHER_WEIGHTING[pipeline.param]
     return distill_guidance(
         pipeline.model, encoded.latents, cond=encoded.cond, null_cond=encoded.null_cond, student=student,
-        teacher_param=pipeline.param, w_min=cfg.w_min, w_max=cfg.w_max, iters=cfg.guidance_iters,
-        batch_size=cfg.batch_size, lr=cfg.guidance_lr, bounded=False, **_common(cfg, run, pipeline.schedule),
+        teacher_param=pipeline.param, weighting=weighting, w_min=cfg.w_min, w_max=cfg.w_max,
+        iters=cfg.guidance_iters, batch_size=cfg.batch_size, lr=cfg.guidance_lr, bounded=False,
+        **_common(cfg, run, pipeline.schedule),
     )  # fmt: skip
 
 
@@ -237,7 +256,7 @@ def export(
 ) -> tuple[dict[str, str], list[int]]:
     """Every student whose N divides T as a pipeline folder `diffusers/student_<N>/` (a
     `StableDiffusionPipeline`, or an `LDMPipeline` for an unconditional teacher)."""
-    from ...integrations.latent import export_latent_pipeline
+    from ...integrations.diffusers import to_diffusers
 
     T = pipeline.model.num_train_timesteps
     exports, skipped = {}, []
@@ -246,7 +265,7 @@ def export(
             skipped.append(n)
             continue
         folder = os.path.join(run.out, "diffusers", f"student_{n}")
-        export_latent_pipeline(students[n], pipeline, cfg.param, folder, n)
+        to_diffusers(students[n], pipeline.schedule, cfg.param, folder, n, pipeline=pipeline)
         exports[str(n)] = folder
     return exports, skipped
 

@@ -1,0 +1,121 @@
+"""The text-to-image job (`python -m pd_fast --teacher SD_DIR`, pd_fast.app.jobs.text_to_image) on
+tiny Stable Diffusion and LDM pipelines built by the tests (nothing is downloaded): it runs end to
+end, the exported students are diffusers pipelines whose samples are the ones the report scored,
+a resume gives the same report, and bad inputs are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, LDMPipeline, StableDiffusionPipeline
+
+from pd_fast.app.captioned import captioned_digits
+from pd_fast.app.cli import main
+from tests.app.test_latent_pipelines import SD_BETAS, save_ldm, save_sd
+
+TINY = (
+    "--quick --start-steps 8 --iters 3 --guidance-iters 3 --eval-samples 4 --batch-size 8 --eval-w 0,2 "
+    "--no-progress"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sd_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i")
+    teacher = save_sd(
+        root / "sd",
+        DDPMScheduler(**SD_BETAS, steps_offset=1, clip_sample=False, prediction_type="v_prediction"),
+    )
+    out = root / "run"
+    assert main(["--teacher", str(teacher), *TINY, "--out", str(out)]) == 0
+    return teacher, out
+
+
+def test_the_job_reports_every_w_and_n_with_one_unet_call_a_student_step(sd_run) -> None:
+    _, out = sd_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "stable_diffusion" and report["ws"] == ["0", "2"]
+    rows = {(r["model"], r["steps"], r["w"]): r for r in report["rows"]}
+    assert set(rows) == {
+        (m, n, w) for w in ("0", "2") for n in (1, 2, 4, 8) for m in ("teacher", "student")
+    } - {
+        ("student", 8, "0"),
+        ("student", 8, "2"),
+    }
+    for (model, n, w), row in rows.items():
+        guided_teacher = model == "teacher" and w != "0"
+        assert row["unet_calls_per_image"] == (2 * n if guided_teacher else n), (model, n, w)
+        lo, hi = row["interval"]
+        assert lo <= row["distance"] <= hi and row["distance"] > 0
+    assert sorted(report["diffusers_exports"]) == ["1", "2", "4"]
+    assert (out / "grid_w2.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "cache" / "encoded.safetensors").is_file()
+
+
+def test_an_exported_student_samples_in_diffusers_what_the_report_scored(sd_run) -> None:
+    """StableDiffusionPipeline.from_pretrained(student_2) at guidance_scale 1 + w, from the noise
+    and prompts of the evaluation, gives the latents in samples.npz, with 2 UNet calls an image."""
+    _, out = sd_run
+    report = json.loads((out / "report.json").read_text())
+    pipe = StableDiffusionPipeline.from_pretrained(report["diffusers_exports"]["2"])
+    pipe.set_progress_bar_config(disable=True)
+    n = report["eval_samples"]
+    z = torch.randn((n, 4, 8, 8), generator=torch.Generator().manual_seed(1))  # the job's: seed + 1
+    prompts = captioned_digits().captions[:n]  # the evaluation prompts: the data's captions in order
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    got = pipe(prompts, num_inference_steps=2, guidance_scale=3.0, latents=z, output_type="latent").images
+    with np.load(out / "samples.npz") as saved:
+        expected = torch.from_numpy(saved["z_student_N2_w2"])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert calls == [n, n]  # one call a step for the whole batch: no guidance batch
+
+
+def test_a_resume_of_a_finished_run_gives_the_same_report(sd_run) -> None:
+    teacher, out = sd_run
+    before = json.loads((out / "report.json").read_text())
+    assert main(["--resume", "--out", str(out), "--no-progress"]) == 0
+    after = json.loads((out / "report.json").read_text())
+    assert [r["distance"] for r in after["rows"]] == [r["distance"] for r in before["rows"]]
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(sd_run, tmp_path, capsys) -> None:
+    teacher, _ = sd_run
+    cases = [
+        (["--resolution", "16"], "--resolution does not apply to a latent pipeline --teacher"),
+        (["--p-uncond", "0.2"], "--p-uncond needs --guided"),
+        (["--guided"], "--guided trains on a conditional built-in network"),
+        (["--start-steps", "2048"], "--start-steps 2048 is more than the teacher's T = 1000"),
+        (["--data", str(tmp_path / "none")], "needs a captioned image folder or 'digits'"),
+        (["--data", str(tmp_path)], "no metadata.jsonl or metadata.csv"),
+        (["--w-min", "3", "--w-max", "1"], "0 <= w-min <= w-max"),
+        (["--guidance-dim", "7"], "--guidance-dim must be even"),
+    ]
+    for k, (argv, message) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        capsys.readouterr()
+        assert main(["--teacher", str(teacher), *TINY, *argv, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+        assert not out.exists(), argv
+
+
+def test_an_ldm_teacher_is_distilled_in_latent_space_into_ldm_pipelines(tmp_path) -> None:
+    teacher, out = save_ldm(tmp_path / "ldm"), tmp_path / "run"
+    flags = "--quick --start-steps 8 --iters 3 --eval-samples 4 --batch-size 8 --no-progress".split()
+    assert main(["--teacher", str(teacher), *flags, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "ldm" and {r["w"] for r in report["rows"]} == {None}
+    pipe = LDMPipeline.from_pretrained(report["diffusers_exports"]["4"])
+    assert pipe.unet.config.in_channels == 3
