@@ -41,6 +41,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def job_refuses(folder: Path) -> str:
+    """The diffusers-teacher job's own refusal of `folder` (its `prepare`, as an API caller reaches
+    it; the command line sends latent pipelines to the text-to-image job)."""
+    from pd_fast.app.jobs import diffusers_teacher
+    from pd_fast.app.jobs.common import Run
+
+    cfg = DiffusersConfig(teacher=str(folder), quick=True, start_steps=16, iters=2, batch_size=8)
+    with pytest.raises(ValueError) as err:
+        diffusers_teacher.prepare(cfg, Run(str(folder / "never"), torch.device("cpu"), False, False))
+    return str(err.value)
+
+
 def refused(argv: list[str], out: Path, capsys) -> str:
     """`main(argv + --out out)` fails with exit code 2 and one error line (returned), and writes nothing."""
     assert main(argv + ["--out", str(out)]) == 2
@@ -71,7 +83,7 @@ def test_ldm_pipeline_is_refused_not_distilled_on_pixels(tmp_path, capsys):
     LDMPipeline(
         vqvae=vqvae, unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=16)
     ).save_pretrained(str(folder))
-    line = refused(["--teacher", str(folder)] + TINY, tmp_path / "run", capsys)
+    line = job_refuses(folder)  # the command line sends it to the text-to-image job
     assert (
         "is a latent pipeline (LDMPipeline: UNet2DModel + VQModel); this job distills pixel-space "
         "UNet2DModel pipelines" in line
@@ -86,13 +98,11 @@ def test_pipeline_with_components_beyond_unet_and_scheduler_is_refused(tmp_path,
     args = build_parser().parse_args(["--teacher", str(folder), "--out", str(tmp_path / "run")])
     assert validate(args, torch.device("cpu"))[2].data.shape == (1, 8, 8)
     (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder": ["transformers", "X"]}))
-    line = refused(["--teacher", str(folder)] + TINY, tmp_path / "run", capsys)
+    line = job_refuses(folder)
     assert "components beyond unet and scheduler (text_encoder)" in line
     assert "pixel-space pipelines of a UNet2DModel and a scheduler only" in line
     (folder / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers", "AutoencoderKL"]}))
-    assert "latent pipeline (DDPMPipeline: UNet2DModel + AutoencoderKL)" in refused(
-        ["--teacher", str(folder)] + TINY, tmp_path / "run", capsys
-    )
+    assert "latent pipeline (DDPMPipeline: UNet2DModel + AutoencoderKL)" in job_refuses(folder)
 
 
 # ----- 2. a sample_size that does not fit the UNet ------------------------------------------------

@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import shutil
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ import pd_fast
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 from diffusers import (  # noqa: E402
-    AutoencoderKL,
     ControlNetModel,
     DDIMScheduler,
     DDPMScheduler,
@@ -34,14 +32,10 @@ from diffusers import (  # noqa: E402
     PNDMScheduler,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
-    UNet2DConditionModel,
-    UNet2DModel,
-    VQModel,
 )
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (  # noqa: E402
     retrieve_latents,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from pd_fast.integrations.diffusers import DiffusersUNet, from_diffusers, to_diffusers  # noqa: E402
 from pd_fast.integrations.latent import (  # noqa: E402
@@ -52,6 +46,17 @@ from pd_fast.integrations.latent import (  # noqa: E402
     numpy_images,
     w_conditioned_student,
 )
+from pd_fast.integrations.tiny import (  # noqa: E402
+    MAX_LENGTH,
+    SD_BETAS,
+    WIDTH,
+    save_ldm,
+    save_sd,
+    tiny_cond_unet,
+    tiny_unet,
+    tiny_vae,
+    tiny_vq,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 diffusers.utils.logging.set_verbosity_error()
@@ -59,7 +64,7 @@ diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
-B, MAX_LENGTH, WIDTH = 2, 8, 16
+B = 2
 PROMPTS = ["a cat", "a dog and a very long prompt cut at eight tokens"]
 # fp32 tolerance of an N-step trajectory against diffusers' (its coefficients in float32, ours in
 # float64; its guided eps on the doubled batch, ours per half)
@@ -78,86 +83,6 @@ def one_thread():
 # ----- tiny components -------------------------------------------------------------------------
 
 
-def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over single letters and two words, from files written here."""
-    folder.mkdir(parents=True, exist_ok=True)
-    letters = list(string.ascii_lowercase)
-    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
-    tokens += ["ca", "cat</w>", "do", "dog</w>"]
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\nc a\nca t</w>\nd o\ndo g</w>\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": MAX_LENGTH}))
-    return CLIPTokenizer.from_pretrained(str(folder))
-
-
-def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=60, hidden_size=WIDTH, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=MAX_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
-    return CLIPTextModel(config).eval()
-
-
-def tiny_cond_unet(seed: int = 0, **kwargs) -> UNet2DConditionModel:
-    torch.manual_seed(seed)
-    config = dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=WIDTH, norm_num_groups=4, attention_head_dim=2,
-    )  # fmt: skip
-    config.update(kwargs)
-    return UNet2DConditionModel(**config).eval()
-
-
-def tiny_vae(seed: int = 0, **kwargs) -> AutoencoderKL:
-    torch.manual_seed(seed)
-    config = dict(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-        norm_num_groups=4, layers_per_block=1, sample_size=16,
-    )  # fmt: skip
-    config.update(kwargs)
-    return AutoencoderKL(**config).eval()
-
-
-def tiny_vq(seed: int = 0, **kwargs) -> VQModel:
-    torch.manual_seed(seed)
-    config = dict(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=3,
-        num_vq_embeddings=32, norm_num_groups=4, layers_per_block=1, sample_size=16, scaling_factor=0.5,
-    )  # fmt: skip
-    config.update(kwargs)
-    return VQModel(**config).eval()
-
-
-def tiny_unet(seed: int = 0, channels: int = 3) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8, in_channels=channels, out_channels=channels, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
-        norm_num_groups=4, add_attention=False,
-    ).eval()  # fmt: skip
-
-
-def save_sd(folder: Path, scheduler, unet=None, vae=None) -> Path:
-    StableDiffusionPipeline(
-        vae=vae or tiny_vae(), text_encoder=tiny_text_encoder(), tokenizer=tiny_tokenizer(folder / "_files"),
-        unet=unet or tiny_cond_unet(), scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(str(folder))  # fmt: skip
-    return folder
-
-
-def save_ldm(folder: Path, vq=None) -> Path:
-    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
-    LDMPipeline(vqvae=vq or tiny_vq(), unet=tiny_unet(), scheduler=scheduler).save_pretrained(str(folder))
-    return folder
-
-
-SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 SD_SCHEDULERS = {
     # Stable Diffusion 1.x ships PNDM with scaled_linear betas and eps; 2.x v_prediction
     "pndm-eps": lambda: PNDMScheduler(**SD_BETAS, steps_offset=1, skip_prk_steps=True),
@@ -567,13 +492,20 @@ def test_importing_the_latent_integration_imports_neither_diffusers_nor_transfor
     assert done.stdout.strip() == "[]"
 
 
-def test_cli_pixel_teacher_job_refuses_a_latent_pipeline_before_writing(
-    sd_folders, ldm_folder, tmp_path, capsys
+def test_cli_sends_latent_pipelines_to_the_text_to_image_job_and_the_pixel_job_refuses_them(
+    sd_folders, ldm_folder, tmp_path
 ):
-    from pd_fast.app.cli import main
+    from pd_fast.app.cli import build_parser, resolve_config
+    from pd_fast.app.config import DiffusersConfig
+    from pd_fast.app.jobs import diffusers_teacher
+    from pd_fast.app.jobs.common import Run
 
-    for folder, kind in ((sd_folders["pndm-eps"], "stable_diffusion"), (ldm_folder, "ldm")):
-        out = tmp_path / kind
-        assert main(["--teacher", str(folder), "--quick", "--no-progress", "--out", str(out)]) == 2
-        assert f"is a latent ({kind}) pipeline" in capsys.readouterr().err
-        assert not out.exists()
+    for folder in (sd_folders["pndm-eps"], ldm_folder):
+        cfg, _ = resolve_config(
+            build_parser().parse_args(["--teacher", str(folder), "--out", str(tmp_path / "o")])
+        )
+        assert cfg.job == "text_to_image"
+        run = Run(str(tmp_path / "never"), torch.device("cpu"), False, False)
+        with pytest.raises(ValueError, match="is a latent pipeline"):
+            diffusers_teacher.prepare(DiffusersConfig(teacher=str(folder)), run)
+        assert not (tmp_path / "never").exists()

@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler, LDMPipeline, StableDiffusionPipeline
 
 from pd_fast.app.captioned import captioned_digits
 from pd_fast.app.cli import main
-from tests.app.test_latent_pipelines import SD_BETAS, save_ldm, save_sd
+from pd_fast.integrations.tiny import SD_BETAS, save_ldm, save_sd
 
 TINY = (
     "--quick --start-steps 8 --iters 3 --guidance-iters 3 --eval-samples 4 --batch-size 8 --eval-w 0,2 "
