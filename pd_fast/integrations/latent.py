@@ -259,7 +259,8 @@ def w_conditioned_student(
         )
     with torch.no_grad():
         new.time_embedding.cond_proj.weight.zero_()
-    new.to(device=unet.device, dtype=unet.dtype).train(teacher.training)
+    with quiet_libraries():  # no notice about modules kept in float32: none are, and the dtype is kept
+        new.to(device=unet.device, dtype=unet.dtype).train(teacher.training)
     return CrossAttentionUNet(new, teacher.num_train_timesteps).train(teacher.training)
 
 
