@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 SEED_MAX = 2**32 - 1  # scikit-learn's data sets take seeds below 2^32
 FLOAT32_MAX = 3.4028234663852886e38
 PARAMS = ("eps", "x", "v", "both")
+PRECISIONS = ("fp32", "bf16", "fp16")
 MODELS = ("mlp", "unet")
 
 
@@ -128,6 +129,7 @@ class RunConfig:
     batch_size: int = 256
     ckpt_every: int = 250
     eval_max_steps: int = 256
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.resolution, list):  # config.json holds (H, W) as a JSON list
@@ -142,6 +144,7 @@ class RunConfig:
                 f"--ckpt-every must be an integer >= 0 (0: at stage ends only), got {self.ckpt_every!r}"
             )
         _positive_floats(self, "lr", "last_rounds_factor")
+        _choice(self, "precision", PRECISIONS)
         if not _is_int(self.seed) or not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"--seed must be an integer in [0, {SEED_MAX}], got {self.seed!r}")
         if not isinstance(self.data, str) or not self.data:
@@ -296,6 +299,7 @@ class TextToImageConfig(RunConfig):
     guidance_dim: int = 256
     eval_w: str = "0,2,6.5"
     eval_samples: int = 64
+    gradient_checkpointing: bool = False
 
     def check(self) -> None:
         super().check()
@@ -314,6 +318,8 @@ class TextToImageConfig(RunConfig):
             )
         _positive_floats(self, "guidance_lr")
         _positive_ints(self, "guidance_iters", "guidance_dim", "eval_samples")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"--gradient-checkpointing is a switch, got {self.gradient_checkpointing!r}")
         if self.guidance_dim % 2:
             raise ValueError(f"--guidance-dim must be even (sines and cosines), got {self.guidance_dim}")
         eval_ws(self.eval_w)

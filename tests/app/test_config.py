@@ -15,14 +15,16 @@ from pd_fast.app.config import (
     BuiltinConfig,
     DiffusersConfig,
     GuidedConfig,
+    TextToImageConfig,
     config_from_dict,
 )
 
 EXAMPLES = [
     BuiltinConfig(),
     BuiltinConfig(model="unet", ch=16, quick=True, teacher="t.safetensors", lr=1e-3),
-    GuidedConfig(w_max=2.5, eval_w="0,0.5"),
+    GuidedConfig(w_max=2.5, eval_w="0,0.5", precision="bf16"),
     DiffusersConfig(teacher="some/pipeline", param="eps", reparam_iters=7, resolution=16),
+    TextToImageConfig(teacher="sd", gradient_checkpointing=True, eval_w="0,7.5", w_max=9.0),
 ]
 
 
@@ -158,3 +160,21 @@ def test_resume_reads_the_config_back_and_refuses_an_edited_one(tmp_path: Path, 
     assert main(["--resume", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'itres'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_precision_reaches_every_stage_and_fp16_needs_cuda(tmp_path: Path, capsys) -> None:
+    """--precision bf16 trains every stage of a run in bf16 (its training states record it); fp16
+    on a CPU is one line, before anything is written."""
+    out = tmp_path / "bf16"
+    tiny = "--quick --teacher-iters 4 --iters 2 --start-steps 4 --eval-max-steps 4 --hidden 16 --depth 1"
+    assert main([*tiny.split(), "--precision", "bf16", "--out", str(out), "--no-progress"]) == 0
+    states = sorted((out / "checkpoints").glob("*_state.json"))
+    assert {p.name for p in states} == {"teacher_state.json", "distill_state.json"}
+    for path in states:
+        assert json.loads(path.read_text())["config"]["precision"] == "bf16", path.name
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    capsys.readouterr()
+    assert main([*tiny.split(), "--precision", "fp16", "--out", str(tmp_path / "fp16"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision fp16 needs a CUDA device" in err[0]
+    assert not (tmp_path / "fp16").exists()

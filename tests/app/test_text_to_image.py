@@ -6,6 +6,7 @@ a resume gives the same report, and bad inputs are refused before anything is wr
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -119,3 +120,42 @@ def test_an_ldm_teacher_is_distilled_in_latent_space_into_ldm_pipelines(tmp_path
     assert report["kind"] == "ldm" and {r["w"] for r in report["rows"]} == {None}
     pipe = LDMPipeline.from_pretrained(report["diffusers_exports"]["4"])
     assert pipe.unet.config.in_channels == 3
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_the_job_turns_it_on(
+    tmp_path, monkeypatch
+) -> None:
+    from pd_fast.app.config import TextToImageConfig
+    from pd_fast.app.jobs import text_to_image
+    from pd_fast.app.jobs.common import Run
+    from pd_fast.integrations.latent import load_latent_pipeline, w_conditioned_student
+
+    teacher = load_latent_pipeline(save_sd(tmp_path / "sd")).model
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        student = w_conditioned_student(teacher).train()
+        with torch.no_grad():  # a trained student: its w embedding is not zero
+            weight = student.unet.time_embedding.cond_proj.weight
+            weight.copy_(0.1 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(2)))
+        if checkpointing:
+            student.unet.enable_gradient_checkpointing()
+        z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        cond = torch.randn(3, 8, 16, generator=torch.Generator().manual_seed(1))
+        out = student(z, torch.tensor([0.2, 0.5, 0.9]), cond, torch.tensor([0.0, 1.0, 4.0]))
+        out.square().mean().backward()
+        return {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for k in plain:
+        torch.testing.assert_close(checkpointed[k], plain[k], rtol=1e-5, atol=1e-7)
+    seen = []
+    monkeypatch.setattr(
+        "pd_fast.app.training.distill_guidance",
+        lambda *a, student, **kw: seen.append(student.unet.is_gradient_checkpointing) or student,
+    )
+    pipeline = load_latent_pipeline(tmp_path / "sd")
+    cfg = TextToImageConfig(teacher=str(tmp_path / "sd"), gradient_checkpointing=True)
+    encoded = types.SimpleNamespace(latents=None, cond=None, null_cond=None)  # the stub reads none
+    text_to_image.stage_1(pipeline, encoded, cfg, Run(str(tmp_path), torch.device("cpu"), False, False))
+    assert seen == [True]

@@ -122,6 +122,7 @@ def train_or_load_teacher(cfg: BuiltinConfig, run: Run, inputs: Inputs, x: Any) 
         teacher = train_teacher(
             inputs.model.to(run.device), x, schedule=schedule, param=param, iters=cfg.teacher_iters,
             batch_size=cfg.teacher_batch_size, lr=cfg.teacher_lr, seed=cfg.seed, ckpt_every=cfg.ckpt_every,
+            precision=cfg.precision,
             **run.training(),
         )  # fmt: skip
     save_model_json(run, {"model": teacher.config, "param": param, "data": inputs.data.name})

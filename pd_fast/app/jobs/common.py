@@ -85,7 +85,7 @@ def distill(
     return progressive_distill(
         teacher, x, start, cfg.end_steps, schedule=schedule, param=param, iters=cfg.iters,
         last_rounds_factor=cfg.last_rounds_factor, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-        ckpt_every=cfg.ckpt_every, **run.training(),
+        ckpt_every=cfg.ckpt_every, precision=cfg.precision, **run.training(),
     )  # fmt: skip
 
 

@@ -83,7 +83,12 @@ def run(cfg: GuidedConfig, run: Run, inputs: Inputs) -> dict:
 
 def _common(cfg: GuidedConfig, run: Run) -> dict[str, Any]:
     return dict(
-        schedule=CosineSchedule(), param=cfg.param, seed=cfg.seed, ckpt_every=cfg.ckpt_every, **run.training()
+        schedule=CosineSchedule(),
+        param=cfg.param,
+        seed=cfg.seed,
+        ckpt_every=cfg.ckpt_every,
+        precision=cfg.precision,
+        **run.training(),
     )
 
 

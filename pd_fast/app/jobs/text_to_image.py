@@ -186,6 +186,8 @@ def stage_1(pipeline: Any, encoded: Any, cfg: TextToImageConfig, run: Run) -> nn
     from ..training import distill_guidance
 
     student = w_conditioned_student(pipeline.model, cfg.guidance_dim)
+    if cfg.gradient_checkpointing:  # diffusers' own; the round students of stage 2 copy it
+        student.unet.enable_gradient_checkpointing()
     # a student of another param learns best with the loss in the teacher's own space (pd_fast.app.reparam)
     weighting = "snr_trunc" if pipeline.param == cfg.param else TEACHER_WEIGHTING[pipeline.param]
     return distill_guidance(
@@ -225,7 +227,12 @@ def stage_2(
 
 def _common(cfg: TextToImageConfig, run: Run, schedule: Any) -> dict[str, Any]:
     return dict(
-        schedule=schedule, param=cfg.param, seed=cfg.seed, ckpt_every=cfg.ckpt_every, **run.training()
+        schedule=schedule,
+        param=cfg.param,
+        seed=cfg.seed,
+        ckpt_every=cfg.ckpt_every,
+        precision=cfg.precision,
+        **run.training(),
     )
 
 
