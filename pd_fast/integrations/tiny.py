@@ -3,6 +3,7 @@ downloaded, and each saves in a second on a CPU.
 
     python -m pd_fast.integrations.tiny sd DIR     # a StableDiffusionPipeline folder (v-prediction)
     python -m pd_fast.integrations.tiny ldm DIR    # an LDMPipeline folder
+    python -m pd_fast.integrations.tiny ddpm DIR   # a DDPMPipeline folder (pixels, 1 x 8 x 8, eps)
 
 `save_sd(folder, scheduler, unet=None, vae=None)` and `save_ldm(folder, vq=None)` write them from
 Python; `tiny_tokenizer`, `tiny_text_encoder`, `tiny_cond_unet`, `tiny_vae`, `tiny_vq` and
@@ -130,16 +131,32 @@ def save_ldm(folder: Path, vq: Any = None) -> Path:
     return Path(folder)
 
 
+def save_ddpm(folder: Path) -> Path:
+    """A tiny pixel-space `DDPMPipeline` folder: a UNet2DModel on 1 x 8 x 8 images (the digits'
+    shape), DDPM's default scheduler (1000 timesteps, linear betas, eps)."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    DDPMPipeline(unet=tiny_unet(channels=1), scheduler=DDPMScheduler()).save_pretrained(str(folder))
+    return Path(folder)
+
+
+KINDS = {
+    "sd": (save_sd, "StableDiffusionPipeline"),
+    "ldm": (save_ldm, "LDMPipeline"),
+    "ddpm": (save_ddpm, "DDPMPipeline"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in ("sd", "ldm"):
-        print("usage: python -m pd_fast.integrations.tiny {sd|ldm} DIR", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in KINDS:
+        print(f"usage: python -m pd_fast.integrations.tiny {{{'|'.join(KINDS)}}} DIR", file=sys.stderr)
         return 2
     from .latent import quiet_libraries
 
+    save, kind = KINDS[argv[0]]
     with quiet_libraries():
-        folder = (save_sd if argv[0] == "sd" else save_ldm)(Path(argv[1]))
-    kind = "StableDiffusionPipeline" if argv[0] == "sd" else "LDMPipeline"
+        folder = save(Path(argv[1]))
     print(f"wrote a tiny random {kind} to {folder}")
     return 0
 

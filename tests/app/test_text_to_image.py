@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,27 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_the_job_turns_it_on
     encoded = types.SimpleNamespace(latents=None, cond=None, null_cond=None)  # the stub reads none
     text_to_image.stage_1(pipeline, encoded, cfg, Run(str(tmp_path), torch.device("cpu"), False, False))
     assert seen == [True]
+
+
+def test_torchrun_trains_the_text_to_image_job_on_two_ranks_that_agree(sd_run, tmp_path) -> None:
+    """Two gloo ranks: rank 0 encodes and caches the data, the other reads its cache; both train one
+    DDP job and end with the same students (the report holds every rank's fingerprints)."""
+    import os
+    import subprocess
+    import sys
+
+    teacher, _ = sd_run
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pd_fast"]
+    flags = [a if a != "8" or i != TINY.index("--start-steps") + 1 else "4" for i, a in enumerate(TINY)]
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(
+        [*command, "--teacher", str(teacher), *flags, "--out", str(out)],
+        env=dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1"), cwd=tmp_path, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 2
+    ranks = report["rank_fingerprints"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1] and set(ranks[0]) == {"student_2", "student_1"}

@@ -129,7 +129,6 @@ def teacher_id(pipeline: Any) -> str:
 
 def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
     """The job (module docstring); returns the report (also written to `report.json`)."""
-    from ..captioned import encode_cached
     from .diffusers_teacher import export_plan
 
     pipeline, data = inputs.pipeline.to(run.device), inputs.data
@@ -147,15 +146,7 @@ def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
         run, {"model": {"kind": pipeline.kind, "path": os.path.abspath(cfg.teacher)}, "param": cfg.param}
     )
     with run.timed("encode_seconds"):
-        encoded = encode_cached(
-            data,
-            pipeline,
-            run.path("cache"),
-            teacher_id(pipeline),
-            cfg.batch_size,
-            run.progress,
-            conditional=pipeline.kind != "ldm",
-        )
+        encoded = encode(pipeline, data, cfg, run)
     guided = pipeline.kind != "ldm"
     with run.timed("guidance_train_seconds"):
         first = (
@@ -163,7 +154,7 @@ def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
         )
     with run.timed("distill_train_seconds"):
         students = stage_2(first, pipeline, encoded, cfg, run)
-    finish_training(run, {})
+    fingerprints = finish_training(run, {f"student_{n}": m for n, m in students.items()})
     if not run.main:
         return {}
     with run.timed("eval_seconds"):
@@ -172,9 +163,28 @@ def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
         exports, skipped = export(students, pipeline, cfg, run)
     run.total()
     report = build_report(cfg, run, rows, exports, skipped, pipeline, len(data))
+    if fingerprints is not None:
+        report["rank_fingerprints"] = fingerprints
     write_outputs(report, samples, inputs.prompts, pipeline, cfg, run)
     print_report(report, run)
     return report
+
+
+def encode(pipeline: Any, data: Any, cfg: TextToImageConfig, run: Run) -> Any:
+    """The data's latents and prompt embeddings (`pd_fast.app.captioned.encode_cached`): rank 0
+    computes and caches them in the run folder, the other ranks then read its cache."""
+    from ..captioned import encode_cached
+    from ..training.distributed import _dist_context
+
+    def cached() -> Any:
+        return encode_cached(
+            data, pipeline, run.path("cache"), teacher_id(pipeline), cfg.batch_size, run.progress,
+            conditional=pipeline.kind != "ldm",
+        )  # fmt: skip
+
+    encoded = cached() if run.main else None
+    _dist_context().barrier()
+    return encoded if run.main else cached()
 
 
 def stage_1(pipeline: Any, encoded: Any, cfg: TextToImageConfig, run: Run) -> nn.Module:
