@@ -62,3 +62,13 @@ def cuda_backend(request, monkeypatch) -> str:
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks and small matmuls run many times faster on one torch thread on a shared CPU;
+    the caller's count is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

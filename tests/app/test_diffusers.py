@@ -42,13 +42,7 @@ diffusers.utils.logging.disable_progress_bar()
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one torch thread runs them many times faster on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_unet(seed: int = 0, **kwargs) -> UNet2DModel:

@@ -32,13 +32,7 @@ logging.getLogger("diffusers").setLevel(logging.ERROR)
 TINY = ["--quick", "--iters", "2", "--batch-size", "8", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one torch thread runs them many times faster on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def job_refuses(folder: Path) -> str:

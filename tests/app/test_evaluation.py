@@ -164,15 +164,6 @@ def test_evaluate_models_rows_and_times(digits_evaluator):
 # ----- intervals --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    # these small batched matmuls and eigvalsh run many times slower with 2 threads on shared cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @given(st.integers(2, 40), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**31 - 1))
 @settings(max_examples=25, deadline=None)
 def test_bootstrap_replicate_is_the_frechet_distance_of_the_resampled_rows(n, d, resamples, seed):

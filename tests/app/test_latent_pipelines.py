@@ -71,13 +71,7 @@ PROMPTS = ["a cat", "a dog and a very long prompt cut at eight tokens"]
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one torch thread runs them many times faster on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ----- tiny components -------------------------------------------------------------------------

@@ -298,7 +298,7 @@ def run(cfg: DiffusersConfig, run: Run, inputs: Inputs) -> dict:
         )
         rows = merge_rows(t_rows, s_rows)
     with run.timed("export_seconds"):
-        exports, skipped = export(students, schedule, cfg, run, T)
+        exports, skipped = export(students, schedule, cfg.param, run, T)
     run.total()
     report = build_report(cfg, run, evaluator, rows, data, teacher_param, T, reparam_info, exports, skipped)
     samples = {"teacher": t_samples["teacher"], "student": s_samples["student"]}
@@ -373,10 +373,11 @@ def merge_rows(teacher_rows: list[dict], student_rows: list[dict]) -> list[dict]
 
 
 def export(
-    students: dict[int, nn.Module], schedule: Any, cfg: DiffusersConfig, run: Run, T: int
+    students: dict[int, nn.Module], schedule: Any, param: str, run: Run, T: int, pipeline: Any = None
 ) -> tuple[dict[str, str], list[int]]:
-    """Every student whose N divides T as a `DDIMPipeline` folder `diffusers/student_<N>/`: the
-    folders by N, and the N left out."""
+    """Every student whose N divides T as a pipeline folder `diffusers/student_<N>/` (`to_diffusers`:
+    a `DDIMPipeline`, or with the teacher's latent `pipeline` a `StableDiffusionPipeline` or an
+    `LDMPipeline`): the folders by N, and the N left out."""
     from ...integrations.diffusers import to_diffusers
 
     exports, skipped = {}, []
@@ -385,7 +386,7 @@ def export(
             skipped.append(n)
             continue
         folder = os.path.join(run.out, "diffusers", f"student_{n}")
-        to_diffusers(students[n], schedule, cfg.param, folder, n)
+        to_diffusers(students[n], schedule, param, folder, n, pipeline=pipeline)
         exports[str(n)] = folder
     return exports, skipped
 

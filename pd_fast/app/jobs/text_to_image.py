@@ -129,7 +129,7 @@ def teacher_id(pipeline: Any) -> str:
 
 def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
     """The job (module docstring); returns the report (also written to `report.json`)."""
-    from .diffusers_teacher import export_plan
+    from .diffusers_teacher import export, export_plan
 
     pipeline, data = inputs.pipeline.to(run.device), inputs.data
     teacher = pipeline.model
@@ -160,7 +160,8 @@ def run(cfg: TextToImageConfig, run: Run, inputs: Inputs) -> dict:
     with run.timed("eval_seconds"):
         rows, samples = evaluate(pipeline, students, inputs.prompts, cfg, run)
     with run.timed("export_seconds"):
-        exports, skipped = export(students, pipeline, cfg, run)
+        T = pipeline.model.num_train_timesteps
+        exports, skipped = export(students, pipeline.schedule, cfg.param, run, T, pipeline=pipeline)
     run.total()
     report = build_report(cfg, run, rows, exports, skipped, pipeline, len(data))
     if fingerprints is not None:
@@ -266,25 +267,6 @@ def evaluate(
         pipeline.model, students, pipeline.schedule, pipeline.param, cfg.param, z, cond, null, cfg.ws(),
         seed=cfg.seed,
     )  # fmt: skip
-
-
-def export(
-    students: dict[int, nn.Module], pipeline: Any, cfg: TextToImageConfig, run: Run
-) -> tuple[dict[str, str], list[int]]:
-    """Every student whose N divides T as a pipeline folder `diffusers/student_<N>/` (a
-    `StableDiffusionPipeline`, or an `LDMPipeline` for an unconditional teacher)."""
-    from ...integrations.diffusers import to_diffusers
-
-    T = pipeline.model.num_train_timesteps
-    exports, skipped = {}, []
-    for n in sorted(students):
-        if T % n:
-            skipped.append(n)
-            continue
-        folder = os.path.join(run.out, "diffusers", f"student_{n}")
-        to_diffusers(students[n], pipeline.schedule, cfg.param, folder, n, pipeline=pipeline)
-        exports[str(n)] = folder
-    return exports, skipped
 
 
 def build_report(
