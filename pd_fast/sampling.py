@@ -484,15 +484,7 @@ class Sampler:
     ) -> torch.Tensor:
         """x_hat from `z = z_1`, (B, *shape) on the sampler's device, in its dtype; a conditional
         model gets `labels` (or `cond` and `null_cond`) and the guidance weight `w` as in `sample`."""
-        z = tensor("z", z)
-        if tuple(z.shape[1:]) != self.shape:
-            raise ValueError(f"z must have shape (B, *{self.shape}), got {tuple(z.shape)}")
-        if z.device != self.device:
-            raise ValueError(f"z is on {z.device} but the sampler runs on {self.device}")
-        if z.dtype != self.dtype:
-            raise ValueError(f"z has dtype {z.dtype} but the sampler runs in {self.dtype}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        z = _sampler_input(z, generator, self.shape, self.device, self.dtype)
         guide = guide_for(labels, w, z, rules=self.label_rules, cond=cond, null_cond=null_cond)
         backend = backend_for(z)
         prepared = self._prepared(z, backend, guide)
@@ -564,3 +556,20 @@ def _replay_noisy(prepared: Any, z: torch.Tensor, generator: torch.Generator | N
     x_hat = prepared(z)
     source.set_state(prepared.generator.get_state())
     return x_hat
+
+
+def _sampler_input(
+    z: Any, generator: Any, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """`z` checked against a `Sampler`'s example shape, device and dtype; `generator` a
+    torch.Generator or None."""
+    z = tensor("z", z)
+    if tuple(z.shape[1:]) != shape:
+        raise ValueError(f"z must have shape (B, *{shape}), got {tuple(z.shape)}")
+    if z.device != device:
+        raise ValueError(f"z is on {z.device} but the sampler runs on {device}")
+    if z.dtype != dtype:
+        raise ValueError(f"z has dtype {z.dtype} but the sampler runs in {dtype}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return z
