@@ -38,11 +38,7 @@ Writes `distill_step.json` and `distill_step.png` into `--out` (default `benchma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import ctypes
-import gc
-import re
 import statistics
 import sys
 import time
@@ -292,66 +288,6 @@ def check_against_pd_ref(s: Setup) -> dict[str, float]:
 # --- measurements ---------------------------------------------------------------------------------
 
 
-def rss_kib() -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) of this process in KiB, from /proc (Linux); None elsewhere."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    found = [re.search(rf"^{key}:\s+(\d+)", status, re.M) for key in ("VmRSS", "VmHWM")]
-    return None if None in found else (int(found[0].group(1)), int(found[1].group(1)))
-
-
-def peak_memory_mib(run: Callable[[], None], device: torch.device, iters: int = 3) -> float | None:
-    """Peak memory of `iters` calls above what was in use before them (MiB)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        for _ in range(iters):
-            run()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the growth is visible
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (Linux)
-    except OSError:
-        return None
-    start = rss_kib()
-    for _ in range(iters):
-        run()
-    end = rss_kib()
-    if start is None or end is None:
-        return None
-    return max(end[1] - start[0], 0) / 1024
-
-
-def time_rounds(
-    runs: dict[str, Callable[[], None]], device: torch.device, iters: int, rounds: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]] | None]:
-    """ms per iteration of each run, per round, the runs alternating within every round: wall
-    time, and on a CPU with one torch thread also the thread's CPU time (what the iteration itself
-    costs, without the time the thread waits for a core on a shared machine)."""
-    wall: dict[str, list[float]] = {name: [] for name in runs}
-    cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(rounds):
-        order = list(runs) if r % 2 == 0 else list(reversed(runs))  # neither always goes first
-        for name in order:
-            begin = time.thread_time()
-            ms = _common.time_once(lambda run=runs[name]: [run() for _ in range(iters)], device)
-            cpu[name].append((time.thread_time() - begin) * 1e3 / iters)
-            wall[name].append(ms / iters)
-    return wall, (cpu if cpu_time else None)
-
-
-def median_ratio(samples: dict[str, list[float]]) -> float:
-    """The median over rounds of pd_fast's time over eager's in the same round."""
-    return statistics.median(p / e for p, e in zip(samples["pd_fast"], samples["eager"], strict=True))
-
-
 def bench(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     device = s.device
     check = check_against_pd_ref(s)
@@ -360,12 +296,12 @@ def bench(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dic
         for _ in range(max(1, args.warmup)):
             runs[name]()
     _common.sync(device)
-    samples, cpu_samples = time_rounds(runs, device, args.iters, args.rounds)
+    samples, cpu_samples = _common.time_rounds(runs, device, args.iters, args.rounds)
     losses = {name: loss_only(s, name) for name in IMPLS}
     for fn in losses.values():
         fn()
-    loss_samples, _ = time_rounds(losses, device, args.iters, args.rounds)
-    memory = {name: peak_memory_mib(runs[name], device) if args.memory == "on" else None for name in IMPLS}
+    loss_samples, _ = _common.time_rounds(losses, device, args.iters, args.rounds)
+    memory = {n: _common.peak_memory_mib(runs[n], device) if args.memory == "on" else None for n in IMPLS}
 
     def cpu_ms(name: str) -> float | None:
         return _common.finite_or_none(statistics.median(cpu_samples[name])) if cpu_samples else None
@@ -385,11 +321,11 @@ def bench(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dic
             "max_rel_diff_vs_pd_ref": _common.finite_or_none(check[name], 3),
             "rounds": len(samples[name]), "iters_per_round": args.iters,
         })  # fmt: skip
-    cpu_ratio = median_ratio(cpu_samples) if cpu_samples else None
+    cpu_ratio = _common.median_ratio(cpu_samples, *IMPLS) if cpu_samples else None
     pairs = zip(samples["pd_fast"], samples["eager"], strict=True)
     ratio = {
         "model": s.kind, "batch": s.batch,
-        "pd_fast_over_eager": _common.finite_or_none(median_ratio(samples), 4),
+        "pd_fast_over_eager": _common.finite_or_none(_common.median_ratio(samples, *IMPLS), 4),
         "pd_fast_over_eager_cpu_time": _common.finite_or_none(cpu_ratio, 4),
         "per_round": [_common.finite_or_none(p / e, 4) for p, e in pairs],
     }  # fmt: skip
