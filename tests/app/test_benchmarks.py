@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -370,6 +371,19 @@ def test_distill_step_text_to_image_paths_compute_the_same_loss_and_report_their
     assert payload["rows"] == [] and payload["ratios"] == []
     _check_t2i(payload["text_to_image"], batch=3, steps=4, precision="fp32", rounds=3)
     assert payload["text_to_image"]["same_loss"]["loss_max_rel_diff"] < 1e-3  # fp32 rounding, x ~N
+
+
+@pytest.mark.skipif(not latent_libraries(), reason="needs diffusers and transformers")
+def test_gpu_check_text_to_image_stage_runs_on_a_cpu_with_device_cpu(distill, tmp_path):
+    """The bf16 text-to-image stage of gpu_check.sh, its own flags, as a dry run on the CPU."""
+    script = (BENCHMARKS / "gpu_check.sh").read_text().replace("\\\n", " ")
+    line = next(s for s in script.splitlines() if s.startswith("stage distill_step_t2i "))
+    argv = shlex.split(line.split("benchmarks/distill_step.py", 1)[1])
+    argv = argv[: argv.index("--out")]
+    small = "--device cpu --quick --steps 4 --rounds 1 --iters 1 --warmup 1 --memory off --t2i-batch 2"
+    payload = distill.main([*argv, *small.split(), "--out", str(tmp_path)])
+    _check_t2i(payload["text_to_image"], batch=2, steps=4, precision="bf16", rounds=1)
+    assert (tmp_path / "distill_step.json").exists()
 
 
 def test_distill_step_text_to_image_is_skipped_with_its_reason_without_the_libraries(
