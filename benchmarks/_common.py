@@ -4,7 +4,9 @@
 Timing: warm-up runs first (untimed), then repeats; the statistic reported is the median.
 On CPU a run is timed with `time.perf_counter`; on CUDA with CUDA events around the run (the
 device finishes before the clock stops). `bench_kernel` uses `triton.testing.do_bench` on CUDA
-(it flushes the L2 cache between runs), else the same loop.
+(it flushes the L2 cache between runs), else the same loop. Implementations compared side by side
+(`distill_step.py`) run in interleaved rounds (`time_rounds`, `median_ratio`), and their peak memory
+is that of a few calls above what was in use before them (`peak_memory_mib`).
 
 Importing this module also makes the repository's packages (`pd_ref`, `pd_fast`) importable when a
 script is run from a clone without `pip install -e .` (the scripts' folder is then on sys.path,
@@ -14,11 +16,14 @@ the repository root is not).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
+import gc
 import importlib.util
 import inspect
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -165,6 +170,66 @@ def bench_kernel(
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")), -1
     samples = measure(fn, device, warmup=warmup, repeats=repeats)
     return statistics.median(samples), len(samples)
+
+
+def rss_kib() -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) of this process in KiB, from /proc (Linux); None elsewhere."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = [re.search(rf"^{key}:\s+(\d+)", status, re.M) for key in ("VmRSS", "VmHWM")]
+    return None if None in found else (int(found[0].group(1)), int(found[1].group(1)))
+
+
+def peak_memory_mib(run: Callable[[], None], device: torch.device, iters: int = 3) -> float | None:
+    """Peak memory of `iters` calls above what was in use before them (MiB)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        for _ in range(iters):
+            run()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the growth is visible
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (Linux)
+    except OSError:
+        return None
+    start = rss_kib()
+    for _ in range(iters):
+        run()
+    end = rss_kib()
+    if start is None or end is None:
+        return None
+    return max(end[1] - start[0], 0) / 1024
+
+
+def time_rounds(
+    runs: dict[str, Callable[[], None]], device: torch.device, iters: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]] | None]:
+    """ms per iteration of each run, per round, the runs alternating within every round: wall
+    time, and on a CPU with one torch thread also the thread's CPU time (what the iteration itself
+    costs, without the time the thread waits for a core on a shared machine)."""
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))  # neither always goes first
+        for name in order:
+            begin = time.thread_time()
+            ms = time_once(lambda run=runs[name]: [run() for _ in range(iters)], device)
+            cpu[name].append((time.thread_time() - begin) * 1e3 / iters)
+            wall[name].append(ms / iters)
+    return wall, (cpu if cpu_time else None)
+
+
+def median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of a's time over b's in the same round (`time_rounds`' samples)."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
 
 
 class Captured:

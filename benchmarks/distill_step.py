@@ -31,6 +31,18 @@ before it: CUDA `max_memory_allocated`; CPU the growth of the process's peak res
 The loss's share: the target and the loss alone (forward and backward from a detached student
 output: `fused_distill_loss`, the fused kernel on the Triton path; the separate ops for `eager`)
 over the iteration, both medians.
+Text-to-image (`--models` t2i; `_text_to_image.py`, whose docstring has the details): one iteration
+of [GD] stage 2 on a tiny random Stable Diffusion pipeline (UNet and autoencoder of `--t2i-ch` base
+channels, batch `--t2i-batch`, `--t2i-precision` fp32 or bf16), two ways that differ only in their
+inputs: `pd_fast_cached`, latents and prompt embeddings computed once (the text-to-image job's cache),
+against `encode_every_step`, images and captions encoded at every iteration (`vae.encode(pixels)
+.latent_dist.mean * scaling_factor`, `text_encoder(tokenizer(captions))`), as diffusers' LCM
+distillation script does (it takes `.sample()`). Before timing, both compute the loss on the same
+draws (their relative difference is checked and recorded); then the same interleaved rounds, the ratio
+pd_fast_cached / encode_every_step as the median of the per-round ratios, and peak memory. Skipped,
+with its reason in the JSON (`text_to_image: {"skipped": why}`) and a `skipped: ...` line, where
+diffusers or transformers is not installed.
+
 Writes `distill_step.json` and `distill_step.png` into `--out` (default `benchmarks/results/`; a
 `--quick` run writes into a new temporary folder).
 """
@@ -38,11 +50,7 @@ Writes `distill_step.json` and `distill_step.png` into `--out` (default `benchma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import ctypes
-import gc
-import re
 import statistics
 import sys
 import time
@@ -51,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
+import _text_to_image
 import numpy as np
 import torch
 from torch import nn
@@ -60,7 +69,7 @@ import pd_ref
 from pd_fast.app.models import build_model
 
 IMPLS = ("pd_fast", "eager")
-MODELS = ("mlp", "unet")
+MODELS = ("mlp", "unet", "t2i")  # t2i: the text-to-image case (`_text_to_image.py`)
 PARAM = "v"
 WEIGHTING = "snr_trunc"
 SHAPE = (1, 8, 8)
@@ -94,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations of each first")
     p.add_argument("--mlp-hidden", type=int, default=None, help="MLP width (default 256; --quick 32)")
     p.add_argument("--unet-ch", type=int, default=None, help="UNet base channels (default 32; --quick 8)")
+    p.add_argument("--t2i-batch", type=int, default=None, help="text-to-image batch (default 32; --quick 4)")
+    p.add_argument(
+        "--t2i-ch", type=int, default=None,
+        help="text-to-image UNet and autoencoder base channels (default 32; --quick 8, the tiny pipeline's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--t2i-precision", choices=("fp32", "bf16"), default="fp32", help="text-to-image precision"
+    )
     p.add_argument("--memory", choices=("on", "off"), default="on", help="measure peak memory")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -110,16 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
 def settle(args: argparse.Namespace) -> argparse.Namespace:
     quick = args.quick
     for name, full, small in (("batch", [128, 512], [16]), ("iters", 10, 3), ("rounds", 15, 2),
-                              ("mlp_hidden", 256, 32), ("unet_ch", 32, 8)):  # fmt: skip
+                              ("mlp_hidden", 256, 32), ("unet_ch", 32, 8), ("t2i_batch", 32, 4),
+                              ("t2i_ch", 32, 8)):  # fmt: skip
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
-    for name in ("steps", "iters", "rounds", "mlp_hidden", "unet_ch"):
+    for name in ("steps", "iters", "rounds", "mlp_hidden", "unet_ch", "t2i_batch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     if args.unet_ch % 8:
         raise ValueError(f"--unet-ch must be a multiple of 8 (GroupNorm groups), got {args.unet_ch}")
+    if args.t2i_ch < 4 or args.t2i_ch % 4:
+        raise ValueError(f"--t2i-ch must be a positive multiple of 4 (GroupNorm groups), got {args.t2i_ch}")
     args.out = _common.out_dir(args.out, quick)
     return args
 
@@ -292,66 +312,6 @@ def check_against_pd_ref(s: Setup) -> dict[str, float]:
 # --- measurements ---------------------------------------------------------------------------------
 
 
-def rss_kib() -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) of this process in KiB, from /proc (Linux); None elsewhere."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    found = [re.search(rf"^{key}:\s+(\d+)", status, re.M) for key in ("VmRSS", "VmHWM")]
-    return None if None in found else (int(found[0].group(1)), int(found[1].group(1)))
-
-
-def peak_memory_mib(run: Callable[[], None], device: torch.device, iters: int = 3) -> float | None:
-    """Peak memory of `iters` calls above what was in use before them (MiB)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        for _ in range(iters):
-            run()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the growth is visible
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (Linux)
-    except OSError:
-        return None
-    start = rss_kib()
-    for _ in range(iters):
-        run()
-    end = rss_kib()
-    if start is None or end is None:
-        return None
-    return max(end[1] - start[0], 0) / 1024
-
-
-def time_rounds(
-    runs: dict[str, Callable[[], None]], device: torch.device, iters: int, rounds: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]] | None]:
-    """ms per iteration of each run, per round, the runs alternating within every round: wall
-    time, and on a CPU with one torch thread also the thread's CPU time (what the iteration itself
-    costs, without the time the thread waits for a core on a shared machine)."""
-    wall: dict[str, list[float]] = {name: [] for name in runs}
-    cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(rounds):
-        order = list(runs) if r % 2 == 0 else list(reversed(runs))  # neither always goes first
-        for name in order:
-            begin = time.thread_time()
-            ms = _common.time_once(lambda run=runs[name]: [run() for _ in range(iters)], device)
-            cpu[name].append((time.thread_time() - begin) * 1e3 / iters)
-            wall[name].append(ms / iters)
-    return wall, (cpu if cpu_time else None)
-
-
-def median_ratio(samples: dict[str, list[float]]) -> float:
-    """The median over rounds of pd_fast's time over eager's in the same round."""
-    return statistics.median(p / e for p, e in zip(samples["pd_fast"], samples["eager"], strict=True))
-
-
 def bench(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     device = s.device
     check = check_against_pd_ref(s)
@@ -360,12 +320,12 @@ def bench(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dic
         for _ in range(max(1, args.warmup)):
             runs[name]()
     _common.sync(device)
-    samples, cpu_samples = time_rounds(runs, device, args.iters, args.rounds)
+    samples, cpu_samples = _common.time_rounds(runs, device, args.iters, args.rounds)
     losses = {name: loss_only(s, name) for name in IMPLS}
     for fn in losses.values():
         fn()
-    loss_samples, _ = time_rounds(losses, device, args.iters, args.rounds)
-    memory = {name: peak_memory_mib(runs[name], device) if args.memory == "on" else None for name in IMPLS}
+    loss_samples, _ = _common.time_rounds(losses, device, args.iters, args.rounds)
+    memory = {n: _common.peak_memory_mib(runs[n], device) if args.memory == "on" else None for n in IMPLS}
 
     def cpu_ms(name: str) -> float | None:
         return _common.finite_or_none(statistics.median(cpu_samples[name])) if cpu_samples else None
@@ -385,11 +345,11 @@ def bench(s: Setup, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dic
             "max_rel_diff_vs_pd_ref": _common.finite_or_none(check[name], 3),
             "rounds": len(samples[name]), "iters_per_round": args.iters,
         })  # fmt: skip
-    cpu_ratio = median_ratio(cpu_samples) if cpu_samples else None
+    cpu_ratio = _common.median_ratio(cpu_samples, *IMPLS) if cpu_samples else None
     pairs = zip(samples["pd_fast"], samples["eager"], strict=True)
     ratio = {
         "model": s.kind, "batch": s.batch,
-        "pd_fast_over_eager": _common.finite_or_none(median_ratio(samples), 4),
+        "pd_fast_over_eager": _common.finite_or_none(_common.median_ratio(samples, *IMPLS), 4),
         "pd_fast_over_eager_cpu_time": _common.finite_or_none(cpu_ratio, 4),
         "per_round": [_common.finite_or_none(p / e, 4) for p, e in pairs],
     }  # fmt: skip
@@ -427,14 +387,33 @@ def summary(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], path: Path, title: str) -> str | None:
+def plot(
+    rows: list[dict[str, Any]], ratios: list[dict[str, Any]], path: Path, title: str,
+    t2i: dict[str, Any] | None = None,
+) -> str | None:  # fmt: skip
     """Iterations per second per model and batch, the two implementations side by side, with the
-    time ratio pd_fast / eager written above each pair (wall clock; the thread's CPU time below)."""
+    time ratio pd_fast / eager written above each pair (wall clock; the thread's CPU time below);
+    the text-to-image case's two paths in a panel of their own."""
     plt = _common.pyplot()
     if plt is None:
         return "matplotlib is not installed"
+    t2i = t2i if t2i and "rows" in t2i else None
+    if not ratios and t2i is None:
+        return "nothing was measured"
+    panels = ([len(ratios) + 0.5] if ratios else []) + ([1.3] if t2i else [])
+    fig_width = max((7.0 if ratios else 0.0) + (2.5 if t2i else 0.0), 4.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(fig_width, 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": panels})  # fmt: skip
+    if t2i is not None:
+        _text_to_image.plot_panel(axes[0, -1], t2i)
+    fig.suptitle(title, fontsize=9)
+    if not ratios:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return None
+    ax = axes[0, 0]
     by = {(r["impl"], r["model"], r["batch"]): r for r in rows}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     width = 0.38
     for k, q in enumerate(ratios):
         for j, (name, color) in enumerate((("pd_fast", "tab:blue"), ("eager", "tab:gray"))):
@@ -448,7 +427,6 @@ def plot(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], path: Path, t
     ax.set_xticks(range(len(ratios)), [f"{q['model']}\nbatch {q['batch']}" for q in ratios])
     ax.set_ylabel("iterations per second (median of rounds)")
     ax.set_ylim(0, 1.15 * max(r["iters_per_s"] for r in rows))
-    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -473,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     models: dict[str, Any] = {}
-    for kind in args.models:
+    for kind in [m for m in args.models if m != "t2i"]:
         for batch in args.batch:
             s = Setup(kind, batch, args, device)
             models[kind] = {
@@ -485,10 +463,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ratios.append(ratio)
             print(f"  {kind} batch {batch}: pd_fast / eager = {ratio['pd_fast_over_eager']:.3f}", flush=True)
             del s
-    print()
-    print(_common.table(rows, COLUMNS))
-    print()
-    print(summary(rows, ratios))
+    t2i = _text_to_image.bench(args, device) if "t2i" in args.models else None
+    if rows:
+        print()
+        print(_common.table(rows, COLUMNS))
+        print()
+        print(summary(rows, ratios))
+    if t2i is not None:
+        print()
+        print(_text_to_image.summary(t2i))
     wall = time.perf_counter() - wall_start
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings.update(device=str(device), param=PARAM, weighting=WEIGHTING, schedule="cosine (logsnr -20..20)",
@@ -508,10 +491,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "notes": notes,
         "rows": rows,
         "ratios": ratios,
+        "text_to_image": t2i,
     }
     title = f"{machine['gpu_name'] or machine['cpu_model']}, {threads} threads, N = {args.steps}"
     _common.write_results(
-        args.out, "distill_step", payload, lambda path: plot(rows, ratios, path, title), wall
+        args.out, "distill_step", payload, lambda path: plot(rows, ratios, path, title, t2i), wall
     )
     return payload
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import importlib.util
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,7 @@ def scripts(monkeypatch):
     """steps_vs_latency and kernels imported as modules (their folder on sys.path, as when run
     directly); torch's thread count, which `main` sets, is restored afterwards."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in ("_common", "steps_vs_latency", "kernels", "distill_step"):
+    for name in ("_common", "steps_vs_latency", "kernels", "distill_step", "_text_to_image"):
         sys.modules.pop(name, None)
     threads = torch.get_num_threads()
     yield importlib.import_module("steps_vs_latency"), importlib.import_module("kernels")
@@ -54,6 +56,11 @@ def k_diffusion_imports() -> bool:
     except Exception:
         return False
     return True
+
+
+def latent_libraries() -> bool:
+    """diffusers and transformers, which the text-to-image case needs, are installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("diffusers", "transformers"))
 
 
 def _positive(x) -> bool:
@@ -334,6 +341,59 @@ def test_distill_step_iterations_train_the_same_student(distill):
     step = (moved["pd_fast"] - teacher).abs().max()
     assert step > 1e-6
     assert (moved["pd_fast"] - moved["eager"]).abs().max() < 1e-2 * step
+
+
+def _check_t2i(section: dict, batch: int, steps: int, precision: str, rounds: int) -> None:
+    """The text-to-image case's fields, and both paths computing the same loss on the same draws."""
+    rows, q, same = section["rows"], section["ratio"], section["same_loss"]
+    assert [r["impl"] for r in rows] == ["pd_fast_cached", "encode_every_step"]
+    for r in rows:
+        assert (r["batch"], r["steps"], r["precision"], r["rounds"]) == (batch, steps, precision, rounds)
+        assert _positive(r["ms_per_iter"]) and r["ms_min"] <= r["ms_per_iter"] <= r["ms_max"]
+        assert r["iters_per_s"] == pytest.approx(1e3 / r["ms_per_iter"], rel=1e-4)
+        assert r["peak_mib"] is None or r["peak_mib"] >= 0
+    assert q["cached_over_encoding"] == pytest.approx(float(np.median(q["per_round"])), rel=1e-3)
+    assert len(q["per_round"]) == rounds and q["precision"] == precision
+    # the same images and captions, encoded in another batch: equal up to fp32 rounding
+    assert same["latents_max_abs_diff"] < 1e-5 and same["embeddings_max_abs_diff"] < 1e-5
+    assert same["loss_max_rel_diff"] <= same["tolerance"] == (1e-3 if precision == "fp32" else 0.25)
+    assert section["pipeline"]["latents"] == "latent_dist.mean * scaling_factor"
+
+
+@pytest.mark.skipif(not latent_libraries(), reason="needs diffusers and transformers")
+def test_distill_step_text_to_image_paths_compute_the_same_loss_and_report_their_ratio(distill, tmp_path):
+    argv = "--quick --models t2i --steps 4 --iters 1 --rounds 3 --warmup 1 --t2i-batch 3"
+    returned = distill.main([*argv.split(), "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "distill_step.json").read_text())
+    assert payload == json.loads(json.dumps(returned))
+    _check_header(payload)
+    _check_png(tmp_path / "distill_step.png")
+    assert payload["rows"] == [] and payload["ratios"] == []
+    _check_t2i(payload["text_to_image"], batch=3, steps=4, precision="fp32", rounds=3)
+    assert payload["text_to_image"]["same_loss"]["loss_max_rel_diff"] < 1e-3  # fp32 rounding, x ~N
+
+
+@pytest.mark.skipif(not latent_libraries(), reason="needs diffusers and transformers")
+def test_gpu_check_text_to_image_stage_runs_on_a_cpu_with_device_cpu(distill, tmp_path):
+    """The bf16 text-to-image stage of gpu_check.sh, its own flags, as a dry run on the CPU."""
+    script = (BENCHMARKS / "gpu_check.sh").read_text().replace("\\\n", " ")
+    line = next(s for s in script.splitlines() if s.startswith("stage distill_step_t2i "))
+    argv = shlex.split(line.split("benchmarks/distill_step.py", 1)[1])
+    argv = argv[: argv.index("--out")]
+    small = "--device cpu --quick --steps 4 --rounds 1 --iters 1 --warmup 1 --memory off --t2i-batch 2"
+    payload = distill.main([*argv, *small.split(), "--out", str(tmp_path)])
+    _check_t2i(payload["text_to_image"], batch=2, steps=4, precision="bf16", rounds=1)
+    assert (tmp_path / "distill_step.json").exists()
+
+
+def test_distill_step_text_to_image_is_skipped_with_its_reason_without_the_libraries(
+    distill, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setattr(distill._text_to_image, "missing", lambda: "diffusers not installed")
+    payload = distill.main(["--quick", "--models", "t2i", "--out", str(tmp_path)])
+    assert payload["text_to_image"] == {"skipped": "diffusers not installed"} and payload["rows"] == []
+    assert json.loads((tmp_path / "distill_step.json").read_text())["text_to_image"]["skipped"]
+    assert "skipped: the text-to-image case: diffusers not installed" in capsys.readouterr().out.splitlines()
 
 
 class _StandInCuda:
