@@ -2,6 +2,8 @@
 once and cached in the run folder (docs/spec.md section 10).
 
     load_captioned(folder, resolution, channels) -> Captioned     images in [-1, 1] and captions
+    captioned_digits(resolution, channels) -> Captioned            the 8x8 digits, captions naming them
+    named_digit(caption) -> int | None                             the digit a caption names
     encode_cached(data, encoder, cache_dir, teacher_id, batch_size, progress) -> Encoded
 
 A folder holds the images and `metadata.jsonl` (one JSON object a line) or `metadata.csv` (a
@@ -124,6 +126,18 @@ def load_captioned(folder: str, resolution: Any = None, channels: int | None = N
 def digit_caption(label: int, i: int) -> str:
     """The caption of the i-th digit, of class `label`: `DIGIT_TEMPLATES` in turn."""
     return DIGIT_TEMPLATES[i % len(DIGIT_TEMPLATES)].format(word=DIGIT_WORDS[label], n=label)
+
+
+def named_digit(caption: str) -> int | None:
+    """The digit a caption names, by its word ("seven") or its numeral ("7"); None where it names
+    none, or more than one."""
+    found = set()
+    for word in caption.lower().replace(",", " ").replace(".", " ").split():
+        if word in DIGIT_WORDS:
+            found.add(DIGIT_WORDS.index(word))
+        elif len(word) == 1 and word.isdigit():
+            found.add(int(word))
+    return found.pop() if len(found) == 1 else None
 
 
 def captioned_digits(resolution: Any = None, channels: int | None = None) -> Captioned:

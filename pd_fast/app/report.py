@@ -514,9 +514,16 @@ def format_latent_table(report: dict[str, Any]) -> str:
     """One line per (model, N), a column group (distance with its interval, UNet calls per image)
     per w: the text-to-image job's rows (`pd_fast.app.evaluation.latent`)."""
     rows, ws = report["rows"], report["ws"]
-    head = f"{'model':<14}" + "".join(f" | w={w!s:<6} distance [95%]        calls" for w in ws)
+    accuracy = any("accuracy" in r for r in rows)
+    acc_head = "  acc" if accuracy else ""
+    head = f"{'model':<14}" + "".join(f" | w={w!s:<6} distance [95%]        calls{acc_head}" for w in ws)
     lines = [
-        "RMS latent distance to the teacher's 256-step guided DDIM sample (same noise and prompt)",
+        "RMS latent distance to the teacher's 256-step guided DDIM sample (same noise and prompt)"
+        + (
+            ", and the accuracy of the digit the prompt names (decoded samples, digits classifier)"
+            if accuracy
+            else ""
+        ),
         head,
     ]
     lines.append("-" * len(head))
@@ -525,12 +532,13 @@ def format_latent_table(report: dict[str, Any]) -> str:
         for w in ws:
             r = next((r for r in rows if (r["model"], r["steps"], r["w"]) == (model, steps, w)), None)
             if r is None:
-                cells.append(" | " + " " * 35)
+                cells.append(" | " + " " * (35 + len(acc_head)))
                 continue
             lo, hi = r["interval"]
             cells.append(
                 f" | {r['distance']:8.4g} [{lo:.4g}, {hi:.4g}]".ljust(30)
                 + f"{r['unet_calls_per_image']:6.0f}"
+                + (f"{r['accuracy']:5.2f}" if accuracy else "")
             )
         lines.append(f"{f'{model} N={steps}':<14}" + "".join(cells))
     return "\n".join(lines)

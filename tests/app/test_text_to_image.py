@@ -79,6 +79,41 @@ def test_an_exported_student_samples_in_diffusers_what_the_report_scored(sd_run)
     assert calls == [n, n]  # one call a step for the whole batch: no guidance batch
 
 
+def test_each_row_holds_the_accuracy_of_the_named_digit_on_its_decoded_samples(sd_run) -> None:
+    """--data digits: every row's `accuracy` lies in [0, 1] (inside its interval), and one row's equals
+    the digits classifier's accuracy recomputed here from samples.npz: the teacher's AutoencoderKL
+    decodes the latents, the luma weights make them gray, and a least-squares solve against the
+    data's own 8 -> 16 upsampling (pd_fast.app.data.center_crop_resize of the 64 basis images)
+    takes them back to 8 x 8; the labels are the data's (the prompts are its captions in order)."""
+    from diffusers import AutoencoderKL
+
+    from pd_fast.app.data import center_crop_resize, digits
+    from pd_fast.app.evaluation import train_classifier
+
+    teacher, out = sd_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"] is not None
+    for row in report["rows"]:
+        lo, hi = row["accuracy_interval"]
+        assert 0.0 <= lo <= row["accuracy"] <= hi <= 1.0, row
+    row = next(r for r in report["rows"] if (r["model"], r["steps"], r["w"]) == ("student", 2, "2"))
+    vae = AutoencoderKL.from_pretrained(teacher / "vae").eval()
+    with np.load(out / "samples.npz") as saved:
+        z = torch.from_numpy(saved["z_student_N2_w2"])
+    with torch.no_grad():
+        rgb = vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1)
+    gray = (rgb * torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)).sum(1)
+    basis = 0.5 * torch.eye(64, dtype=torch.float64).reshape(64, 1, 8, 8)  # 0.5: no clamping
+    upsample = center_crop_resize(basis, 16).reshape(64, 256).T / 0.5  # (256, 64)
+    solved = torch.linalg.lstsq(upsample, gray.double().reshape(len(z), 256).T).solution.T
+    images = solved.reshape(-1, 1, 8, 8).clamp(-1, 1).float()
+    data = digits()
+    classifier, _ = train_classifier(data.x, data.labels, seed=0, cache_dir=str(out / "cache"))
+    with torch.no_grad():
+        predicted = classifier(images).argmax(1)
+    assert row["accuracy"] == (predicted == data.labels[: len(z)]).float().mean().item()
+
+
 def test_a_resume_of_a_finished_run_gives_the_same_report(sd_run) -> None:
     teacher, out = sd_run
     before = json.loads((out / "report.json").read_text())

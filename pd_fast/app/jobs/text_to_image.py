@@ -14,7 +14,9 @@ stage 2 alone, in latent space, exported as `LDMPipeline` folders.
 The report (`report.json`, printed): for each w of `--eval-w` and N in {1, 2, 4, 8}, the distance in
 latent space of the student's N-step samples to the teacher's 256-step guided DDIM sample from the
 same noise and prompt, beside the teacher's own N-step guided DDIM distance, with bootstrap
-intervals, and the UNet calls per image; `grid_w<w>.png`, decoded samples with their prompts.
+intervals, and the UNet calls per image; with `--data digits`, also the digits classifier's
+accuracy of the digit each prompt names, on the decoded samples; `grid_w<w>.png`, decoded samples
+with their prompts.
 """
 
 from __future__ import annotations
@@ -263,10 +265,38 @@ def evaluate(
                 [pipeline.encode_prompt(prompts[i : i + 32]) for i in range(0, len(prompts), 32)]
             )
             null = pipeline.null_condition()
-    return evaluate_latent(
+    rows, samples = evaluate_latent(
         pipeline.model, students, pipeline.schedule, pipeline.param, cfg.param, z, cond, null, cfg.ws(),
         seed=cfg.seed,
     )  # fmt: skip
+    if cfg.data == "digits" and cond is not None:
+        digit_accuracy(rows, samples, pipeline, prompts, cfg, run)
+    return rows, samples
+
+
+def digit_accuracy(
+    rows: list[dict], samples: dict, pipeline: Any, prompts: list[str], cfg: TextToImageConfig, run: Run
+) -> None:
+    """With the captioned digits as data: each row's `accuracy` of the digit its prompt names, by the
+    digits classifier (trained once, cached in the run folder) on the decoded samples taken back to
+    8 x 8 grayscale (`pd_fast.app.evaluation.latent.add_digit_accuracy`). Skipped, with a note,
+    where some `--prompts` line names no digit."""
+    from ..captioned import named_digit
+    from ..data import digits
+    from ..evaluation import train_classifier
+    from ..evaluation.latent import add_digit_accuracy
+
+    named = [named_digit(p) for p in prompts]
+    if None in named:
+        run.say(f"no digit accuracy: the prompt {prompts[named.index(None)]!r} names no digit")
+        return
+    data = digits()
+    classifier, _ = train_classifier(data.x, data.labels, seed=cfg.seed, cache_dir=run.path("cache"))
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return pipeline.decode_latents(z.to(run.device))
+
+    add_digit_accuracy(rows, samples, decode, torch.tensor(named), classifier, seed=cfg.seed)
 
 
 def build_report(
@@ -280,6 +310,9 @@ def build_report(
 ) -> dict[str, Any]:
     return {
         "metric": "latent_rms_distance_to_teacher_256_guided_ddim",
+        "accuracy": "digits classifier accuracy of the digit the prompt names, on decoded samples"
+        if any("accuracy" in r for r in rows)
+        else None,
         "rows": rows,
         "ws": [name for name, _ in cfg.ws()] if pipeline.kind != "ldm" else [None],
         "kind": pipeline.kind,
