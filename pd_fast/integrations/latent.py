@@ -98,7 +98,8 @@ def _transformers() -> Any:
 @contextmanager
 def quiet_libraries() -> Iterator[None]:
     """diffusers' and transformers' progress bars and notices off while they load or save a pipeline
-    (a job's stderr carries its own progress and one-line errors), as they were afterwards."""
+    (a job's stderr carries its own progress and one-line errors), as they were afterwards; also a
+    decorator (`load_latent_pipeline`, `export_latent_pipeline`)."""
     libraries = [_diffusers().utils.logging] + (
         [_transformers().utils.logging] if _has_transformers() else []
     )
@@ -470,7 +471,8 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module
 
 
-def _load_latent_pipeline(path: str | os.PathLike, scheduler: Any = None) -> LatentPipeline:
+@quiet_libraries()
+def load_latent_pipeline(path: str | os.PathLike, scheduler: Any = None) -> LatentPipeline:
     """A `StableDiffusionPipeline` or `LDMPipeline` folder as a `LatentPipeline` (module docstring);
     `scheduler` (a diffusers scheduler or its folder) overrides the folder's own. Refuses other
     folders as `pipeline_kind` does."""
@@ -529,7 +531,8 @@ def _check_student(unet: nn.Module, pipeline: LatentPipeline) -> None:
             raise ValueError(f"model: the UNet attends to {width} features, the text encoder gives {hidden}")
 
 
-def _export_latent_pipeline(
+@quiet_libraries()
+def export_latent_pipeline(
     unet: nn.Module,
     num_train_timesteps: int,
     schedule: Any,
@@ -590,17 +593,3 @@ def _export_latent_pipeline(
     }
     write_export_info(out, info)
     return out
-
-
-def load_latent_pipeline(path: str | os.PathLike, scheduler: Any = None) -> LatentPipeline:
-    """A `StableDiffusionPipeline` or `LDMPipeline` folder as a `LatentPipeline` (module docstring);
-    `scheduler` (a diffusers scheduler or its folder) overrides the folder's own. Refuses other
-    folders as `pipeline_kind` does. The libraries load quietly (`quiet_libraries`)."""
-    with quiet_libraries():
-        return _load_latent_pipeline(path, scheduler)
-
-
-def export_latent_pipeline(*args: Any, **kwargs: Any) -> Path:
-    """`_export_latent_pipeline` (its docstring) with the libraries quiet (`quiet_libraries`)."""
-    with quiet_libraries():
-        return _export_latent_pipeline(*args, **kwargs)

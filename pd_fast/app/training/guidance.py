@@ -131,7 +131,8 @@ def distill_guidance(
         net=_wrap(student, ctx, device), params=params, opt=opt, modules={"student": student},
         draw_t=lambda gen: 1.0 - torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64),
         target=functools.partial(
-            _guided_target, _frozen(teacher, cfg.precision), cfg.teacher_param or cfg.param, null
+            _guided_target, _frozen(teacher, cfg.precision), cfg.teacher_param or cfg.param,
+            None if null is None else to_device(null, device, torch.float32),  # once, not every update
         ),
         lr_at=lambda k: cfg.lr * (1.0 - k / cfg.iters),
         draw_cond=functools.partial(_labels_and_w, stage.c_local, cfg.w_min, cfg.w_max, device),
