@@ -84,6 +84,13 @@ def refuse_unused(given: dict[str, Any], cls: type[RunConfig]) -> None:
                     f"{flag(k)} does not apply to a latent pipeline --teacher (images are fitted to "
                     "its autoencoder; the teacher's reference is 256 guided DDIM steps)"
                 )
+    if cls.job == "text_to_image" and _is_ldm(given["teacher"]):
+        for k in LDM_UNUSED:
+            if k in given:
+                raise ValueError(
+                    f"{flag(k)} does not apply to an LDMPipeline --teacher (unconditional: no prompts, "
+                    "no guidance, no stage 1)"
+                )
     if cls.job in ("diffusers", "text_to_image"):
         return
     for k in ("teacher_iters", "teacher_lr", "teacher_batch_size"):
@@ -93,6 +100,19 @@ def refuse_unused(given: dict[str, Any], cls: type[RunConfig]) -> None:
     for k in ("hidden", "depth") if model == "unet" else ("ch",):
         if k in given:
             raise ValueError(f"{flag(k)} does not apply to --model {model}")
+
+
+#: the text-to-image job's flags that only a text-conditioned teacher uses
+LDM_UNUSED = (
+    "w_min", "w_max", "guidance_iters", "guidance_lr", "guidance_dim", "eval_w", "prompts",
+    "gradient_checkpointing",
+)  # fmt: skip
+
+
+def _is_ldm(teacher: str) -> bool:
+    from ..integrations.latent import latent_pipeline_kind
+
+    return latent_pipeline_kind(teacher) == "ldm"
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, str]:

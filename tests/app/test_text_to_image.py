@@ -153,6 +153,22 @@ def test_an_ldm_teacher_is_distilled_in_latent_space_into_ldm_pipelines(tmp_path
     assert pipe.unet.config.in_channels == 3
 
 
+def test_an_ldm_teacher_refuses_the_flags_only_a_text_conditioned_teacher_uses(tmp_path, capsys) -> None:
+    teacher = save_ldm(tmp_path / "ldm")
+    cases = [
+        ["--w-max", "2"], ["--w-min", "1"], ["--guidance-iters", "5"], ["--guidance-lr", "1e-3"],
+        ["--guidance-dim", "8"], ["--eval-w", "0,1"], ["--prompts", str(tmp_path / "p.txt")],
+        ["--gradient-checkpointing"],
+    ]  # fmt: skip
+    for k, argv in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        capsys.readouterr()
+        assert main(["--teacher", str(teacher), "--quick", *argv, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{argv[0]} does not apply to an LDMPipeline --teacher" in err[0], err
+        assert not out.exists(), argv
+
+
 def test_gradient_checkpointing_gives_the_same_gradients_and_the_job_turns_it_on(
     tmp_path, monkeypatch
 ) -> None:
