@@ -24,7 +24,9 @@
    with a 95% paired bootstrap interval (the rows resampled together for every set).
 4. **Speed** in diffusers: the exported 4-step student in `StableDiffusionPipeline` (4 UNet calls)
    against the teacher's pipeline at 50 DDIM steps with guidance (100 UNet evaluations an image, in
-   50 calls on the doubled batch), in alternating rounds, the median wall time per image.
+   50 calls on the doubled batch), in alternating rounds, the median wall time per image; and the
+   same calls with `output_type="latent"` (no decoding: the prompt encoding and the denoising loop),
+   which shows what the autoencoder's decoding, shared by both, costs.
 5. **Targets** (checked and printed; a miss is reported, never hidden): at every w >= 1 the 4-step
    student's accuracy within 2 points of the guided teacher's 256 steps, its Fréchet distance at
    most 1.3x the teacher's 256 and the 8-step student's at most 1.15x; at every w and N <= 4 the
@@ -214,6 +216,9 @@ def time_pipelines(
     runs = {
         "student_4": (student, dict(num_inference_steps=4)),
         "teacher_50_guided": (teacher, dict(num_inference_steps=50)),
+        # the same calls without the autoencoder's decoding: the denoising alone
+        "student_4_latent": (student, dict(num_inference_steps=4, output_type="latent")),
+        "teacher_50_guided_latent": (teacher, dict(num_inference_steps=50, output_type="latent")),
     }
     out = []
     for batch in (int(b) for b in args.timing_batches.split(",")):
@@ -225,7 +230,7 @@ def time_pipelines(
             pipe.set_progress_bar_config(disable=True)
             gen = torch.Generator().manual_seed(args.seed)
             t0 = time.perf_counter()
-            pipe(prompts[:batch], guidance_scale=1.0 + w, generator=gen, output_type="np", **kw)
+            pipe(prompts[:batch], guidance_scale=1.0 + w, generator=gen, **{"output_type": "np", **kw})
             return time.perf_counter() - t0
 
         for name, (pipe, _) in runs.items():
@@ -244,6 +249,8 @@ def time_pipelines(
                 batch=batch, guidance_scale=1.0 + w, rounds=args.timing_rounds,
                 seconds_per_image=per_image, unet_evaluations_per_image=evals, unet_forward_calls=calls,
                 seconds=seconds, speedup=per_image["teacher_50_guided"] / per_image["student_4"],
+                speedup_latent=per_image["teacher_50_guided_latent"] / per_image["student_4_latent"],
+                decode_seconds_per_image=per_image["student_4"] - per_image["student_4_latent"],
             )
         )  # fmt: skip
     return out
@@ -338,7 +345,10 @@ def print_tables(payload: dict) -> None:
               f"({t['unet_evaluations_per_image']['student_4']:g} UNet evaluations), teacher 50 steps guided "
               f"{1e3 * s['teacher_50_guided']:.2f} ms/image "
               f"({t['unet_evaluations_per_image']['teacher_50_guided']:g}); "
-              f"{t['speedup']:.1f}x")  # fmt: skip
+              f"{t['speedup']:.1f}x; without decoding (output_type='latent') "
+              f"{1e3 * s['student_4_latent']:.2f} vs {1e3 * s['teacher_50_guided_latent']:.2f} ms/image, "
+              f"{t['speedup_latent']:.1f}x; "
+              f"the decoding {1e3 * t['decode_seconds_per_image']:.2f} ms/image")  # fmt: skip
     print()
     for t in payload["targets"]:
         print("target: " + t["text"])

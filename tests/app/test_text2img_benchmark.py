@@ -73,12 +73,13 @@ def test_the_tiny_run_scores_every_model_w_and_n_with_intervals(tiny_run) -> Non
 def test_the_timing_counts_4_unet_evaluations_against_100_and_every_target_has_a_verdict(tiny_run) -> None:
     payload, _ = tiny_run
     (timing,) = payload["timing"]
-    assert timing["unet_evaluations_per_image"] == {"student_4": 4, "teacher_50_guided": 100}
+    assert timing["unet_evaluations_per_image"] == {
+        "student_4": 4, "teacher_50_guided": 100, "student_4_latent": 4, "teacher_50_guided_latent": 100,
+    }  # fmt: skip
     assert timing["unet_forward_calls"] == {
-        "student_4": 4,
-        "teacher_50_guided": 50,
-    }  # guidance: one doubled batch
-    assert timing["speedup"] > 0
+        "student_4": 4, "teacher_50_guided": 50, "student_4_latent": 4, "teacher_50_guided_latent": 50,
+    }  # guidance: one doubled batch  # fmt: skip
+    assert timing["speedup"] > 0 and timing["speedup_latent"] > 0
     names = {t["name"] for t in payload["targets"]}
     assert {"accuracy_4_w2", "frechet_4_w2", "speedup_batch2"} <= names
     assert {
