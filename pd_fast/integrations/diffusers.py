@@ -438,6 +438,8 @@ def to_diffusers(
     teacher's other components unchanged (`pd_fast.integrations.latent.export_latent_pipeline`); a
     `UNet2DConditionModel` student needs it.
     """
+    if callable(getattr(model, "check_guidance_band", None)):
+        model.check_guidance_band()
     unet, T = unwrap_unet(model, schedule)
     steps = check_export_steps(steps, T)
     prediction_type_of(param)

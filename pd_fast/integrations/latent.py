@@ -12,14 +12,14 @@ whose channels are not the UNet's) is refused with one ValueError line naming wh
 **The teacher.** `CrossAttentionUNet(unet, T)`: `model(z, t, cond)` calls the UNet at timestep
 `t*T - 1` (docs/spec.md section 9) with `encoder_hidden_states=cond`, `cond` the `(B, L, D)` of
 `encode_prompt`. **The w-conditioned student** ([GD] stage 1, docs/spec.md section 10):
-`w_conditioned_student(teacher, embedding_dim=256)` is a copy of the teacher's UNet with
+`w_conditioned_student(teacher, embedding_dim=256, w_max)` is a copy of the teacher's UNet with
 `time_cond_proj_dim = embedding_dim`, the teacher's weights and `time_embedding.cond_proj` at zero,
 so it equals the teacher for every w; it is called `student(z, t, cond, w)` with
 `timestep_cond = guidance_embedding(w, embedding_dim)`, as `StableDiffusionPipeline` embeds
-`guidance_scale - 1`. **Export.** `export_latent_pipeline` (through `to_diffusers(...,
-pipeline=teacher)`) writes the student with the teacher's autoencoder, text encoder and tokenizer
-and the DDIMScheduler of docs/spec.md section 9, as a `StableDiffusionPipeline` (no safety checker)
-or `LDMPipeline` folder.
+`guidance_scale - 1`, of which it reads only the features smooth over [0, w_max] (`guidance_band`).
+**Export.** `export_latent_pipeline` (through `to_diffusers(..., pipeline=teacher)`) writes the
+student with the teacher's autoencoder, text encoder and tokenizer and the DDIMScheduler of
+docs/spec.md section 9, as a `StableDiffusionPipeline` (no safety checker) or `LDMPipeline` folder.
 
 diffusers and transformers are optional dependencies (`pip install -e .[diffusers]`), imported
 inside the functions: importing this module imports neither.
@@ -52,6 +52,7 @@ __all__ = [
     "CrossAttentionUNet",
     "guidance_frequencies",
     "guidance_embedding",
+    "guidance_band",
     "w_conditioned_student",
     "pipeline_kind",
     "latent_pipeline_kind",
@@ -135,6 +136,22 @@ def guidance_frequencies(embedding_dim: int) -> Tensor:
     return torch.exp(torch.arange(half, dtype=torch.float32) * -step)
 
 
+def guidance_band(embedding_dim: int, w_max: float) -> Tensor:
+    """The features of `guidance_embedding(w, embedding_dim)` that vary smoothly over [0, w_max]:
+    (embedding_dim,) bool, True for the sine and the cosine of each frequency f with
+    `1000 * w_max * f <= pi` (at most half a period over the range; the lowest frequency always). A
+    w-conditioned student that reads only these is a smooth function of w between the weights it was
+    trained at; the others turn up to 1000 * w_max / (2 pi) times over the range (about 640 at
+    w_max = 4) and let it fit noise in w (docs/spec.md section 10)."""
+    f = guidance_frequencies(embedding_dim)
+    if isinstance(w_max, bool) or not isinstance(w_max, (int, float)) or not 0 <= w_max < float("inf"):
+        raise ValueError(f"w_max must be a finite number >= 0, got {w_max!r}")
+    keep = 1000.0 * float(w_max) * f <= torch.pi
+    keep[-1] = True
+    band = torch.cat([keep, keep])
+    return nn.functional.pad(band, (0, embedding_dim - band.numel()))
+
+
 def guidance_embedding(w: Tensor, embedding_dim: int, frequencies: Tensor | None = None) -> Tensor:
     """[GD]'s Fourier embedding of the guidance weight (docs/spec.md section 10), exactly
     `StableDiffusionPipeline.get_guidance_scale_embedding(w, embedding_dim)`: with `a = 1000 * w`,
@@ -172,6 +189,8 @@ class CrossAttentionUNet(DiffusersUNet):
         dim = unet.config.time_cond_proj_dim
         # computed once on the CPU as the pipeline computes them, moved once to the data's device
         self._frequencies = None if dim is None else guidance_frequencies(int(dim))
+        #: the w embedding's features the UNet reads (`guidance_band`), None for all of them
+        self.guidance_mask: Tensor | None = None
 
     @property
     def conditional(self) -> bool:
@@ -204,7 +223,25 @@ class CrossAttentionUNet(DiffusersUNet):
             raise ValueError(f"w must be a float, 0-d or ({z.shape[0]},), got shape {tuple(w.shape)}")
         if self._frequencies.device != z.device:
             self._frequencies = self._frequencies.to(z.device)
-        return guidance_embedding(w, self.guidance_dim, self._frequencies)
+        emb = guidance_embedding(w, self.guidance_dim, self._frequencies)
+        if self.guidance_mask is not None:
+            if self.guidance_mask.device != z.device:
+                self.guidance_mask = self.guidance_mask.to(z.device)
+            emb = emb * self.guidance_mask  # the other columns of cond_proj stay zero: no gradient
+        return emb
+
+    def check_guidance_band(self) -> None:
+        """ValueError where `cond_proj` weighs a feature outside `guidance_mask`: diffusers'
+        pipeline feeds it every feature, so the exported UNet would not be this model."""
+        if self.guidance_mask is None:
+            return
+        weight = self.unet.time_embedding.cond_proj.weight
+        outside = ~self.guidance_mask.to(weight.device)
+        if bool(weight.detach()[:, outside].any()):
+            raise ValueError(
+                "model: its w embedding weighs features outside guidance_mask, which diffusers' pipeline "
+                "would feed it; zero those columns of time_embedding.cond_proj or set guidance_mask to None"
+            )
 
     def forward(self, z: Tensor, t: Any, cond: Tensor | None = None, w: Any = None) -> Tensor:
         t = self.batch_times(z, t)
@@ -233,12 +270,15 @@ class CrossAttentionUNet(DiffusersUNet):
 
 
 def w_conditioned_student(
-    teacher: CrossAttentionUNet, embedding_dim: int = DEFAULT_GUIDANCE_DIM
+    teacher: CrossAttentionUNet, embedding_dim: int = DEFAULT_GUIDANCE_DIM, w_max: float | None = None
 ) -> CrossAttentionUNet:
     """[GD] stage 1's student in diffusers' own terms (docs/spec.md section 10): a new
     `UNet2DConditionModel` of the teacher's config with `time_cond_proj_dim = embedding_dim`, holding
     the teacher's weights, and `time_embedding.cond_proj` (bias-free) at zero, so that
     `student(z, t, cond, w) == teacher(z, t, cond)` exactly for every w until it is trained.
+    `w_max` (the largest w it will learn): it reads only `guidance_band(embedding_dim, w_max)`
+    (`guidance_mask`; the other columns of `cond_proj` get no gradient and stay zero, so diffusers'
+    pipeline, which feeds every feature, computes the same); None: every feature.
     On the teacher's device and dtype, in the teacher's train/eval mode; the teacher is untouched."""
     if not isinstance(teacher, CrossAttentionUNet):
         raise ValueError(
@@ -249,6 +289,7 @@ def w_conditioned_student(
             f"teacher: its UNet already embeds w (time_cond_proj_dim = {teacher.guidance_dim}); a "
             "w-conditioned model is distilled further as it is"
         )
+    band = None if w_max is None else guidance_band(embedding_dim, w_max)  # checks both
     guidance_frequencies(embedding_dim)  # checks embedding_dim
     unet = teacher.unet
     new = type(unet).from_config(unet.config, time_cond_proj_dim=embedding_dim)
@@ -262,7 +303,9 @@ def w_conditioned_student(
         new.time_embedding.cond_proj.weight.zero_()
     with quiet_libraries():  # no notice about modules kept in float32: none are, and the dtype is kept
         new.to(device=unet.device, dtype=unet.dtype).train(teacher.training)
-    return CrossAttentionUNet(new, teacher.num_train_timesteps).train(teacher.training)
+    student = CrossAttentionUNet(new, teacher.num_train_timesteps).train(teacher.training)
+    student.guidance_mask = band if band is None else band.to(unet.device)
+    return student
 
 
 # ----- what a folder holds (JSON only) -------------------------------------------------------------

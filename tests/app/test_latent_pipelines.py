@@ -42,6 +42,7 @@ from pd_fast.integrations.latent import (  # noqa: E402
     SUPPORTED,
     CrossAttentionUNet,
     LatentPipeline,
+    guidance_band,
     guidance_embedding,
     numpy_images,
     w_conditioned_student,
@@ -221,6 +222,60 @@ def test_guidance_embedding_is_the_pipelines():
         None, torch.tensor(2.7 - 1).repeat(2), 256
     )
     assert torch.equal(guidance_embedding(torch.full((2,), 1.7, dtype=torch.float64), 256), expected)
+
+
+def test_guidance_band_keeps_the_features_that_turn_at_most_half_a_period_over_the_w_range():
+    for dim, w_max in ((256, 4.0), (256, 8.0), (32, 2.5), (7, 4.0)):
+        w = torch.linspace(0, w_max, 200_001, dtype=torch.float64)
+        emb = StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim).double()
+        half = dim // 2
+        # a cosine's total variation over [0, w_max] is 1 - cos(phase) <= 2 up to half a period
+        variation = (emb[1:, half : 2 * half] - emb[:-1, half : 2 * half]).abs().sum(dim=0)
+        expected = variation <= 2 + 1e-6
+        band = guidance_band(dim, w_max)
+        assert band.shape == (dim,) and band.dtype == torch.bool
+        assert torch.equal(band[:half], expected) and torch.equal(band[half : 2 * half], expected)
+        assert 0 < int(expected.sum()) < half and not band[2 * half :].any()  # odd dim: the pad is 0
+    lowest = guidance_band(256, 40.0)  # no frequency is smooth: the lowest is kept
+    assert lowest.nonzero().flatten().tolist() == [127, 255]
+    assert bool(guidance_band(256, 0.0).all())
+    for bad in (-1.0, float("inf"), float("nan"), True, "4"):
+        with pytest.raises(ValueError, match="w_max must be a finite number >= 0"):
+            guidance_band(256, bad)
+
+
+def test_a_banded_student_learns_only_its_band_and_is_what_diffusers_computes(sd_folders, tmp_path):
+    latent = from_diffusers(sd_folders["ddpm-v"])
+    student = w_conditioned_student(latent.model, 256, w_max=4.0).train()
+    band = guidance_band(256, 4.0)
+    assert torch.equal(student.guidance_mask, band)
+    cond, z = latent.encode_prompt(PROMPTS), latents(3)
+    w = torch.tensor([0.5, 3.0])
+    with torch.no_grad():  # the first update's weights: cond_proj still zero, the rest moved
+        for name, p in student.unet.named_parameters():
+            if "cond_proj" not in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    student(z, torch.tensor([0.3, 0.8]), cond, w).square().sum().backward()
+    grad = student.unet.time_embedding.cond_proj.weight.grad
+    assert grad[:, ~band].abs().max() == 0 and grad[:, band].abs().max() > 0
+    with torch.no_grad():
+        student.unet.time_embedding.cond_proj.weight[:, band] = torch.randn(8, int(band.sum()))
+    student.eval()
+    with torch.no_grad():  # as StableDiffusionPipeline calls the UNet: every feature of the embedding
+        t = torch.tensor([0.3, 0.8])
+        theirs = student.unet(
+            z, t * 1000 - 1, encoder_hidden_states=cond,
+            timestep_cond=StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=256),
+        ).sample  # fmt: skip
+        assert torch.allclose(student(z, t, cond, w), theirs, rtol=0, atol=1e-6)
+    to_diffusers(student, latent.schedule, "v", tmp_path / "ok", 2, pipeline=latent)
+    with torch.no_grad():  # a weight outside the band: the pipeline would read what the model does not
+        student.unet.time_embedding.cond_proj.weight[3, int((~band).nonzero()[0])] = 0.1
+    with pytest.raises(ValueError, match="weighs features outside guidance_mask"):
+        student.check_guidance_band()
+    with pytest.raises(ValueError, match="weighs features outside guidance_mask"):
+        to_diffusers(student, latent.schedule, "v", tmp_path / "bad", 2, pipeline=latent)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_w_conditioned_student_equals_the_teacher_for_every_w_at_the_start(sd_folders):

@@ -16,6 +16,7 @@ from diffusers import DDPMScheduler, LDMPipeline, StableDiffusionPipeline
 
 from pd_fast.app.captioned import captioned_digits
 from pd_fast.app.cli import main
+from pd_fast.integrations.latent import guidance_band
 from pd_fast.integrations.tiny import SD_BETAS, save_ldm, save_sd
 
 TINY = (
@@ -77,6 +78,10 @@ def test_an_exported_student_samples_in_diffusers_what_the_report_scored(sd_run)
         expected = torch.from_numpy(saved["z_student_N2_w2"])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert calls == [n, n]  # one call a step for the whole batch: no guidance batch
+    # the students read the w embedding's smooth band for --w-max (8); the pipeline feeds them all
+    band = guidance_band(256, 8.0)
+    proj = pipe.unet.time_embedding.cond_proj.weight
+    assert proj[:, ~band].abs().max() == 0 and proj[:, band].abs().max() > 0
 
 
 def test_each_row_holds_the_accuracy_of_the_named_digit_on_its_decoded_samples(sd_run) -> None:

@@ -198,7 +198,7 @@ def stage_1(pipeline: Any, encoded: Any, cfg: TextToImageConfig, run: Run) -> nn
     from ..reparam import TEACHER_WEIGHTING
     from ..training import distill_guidance
 
-    student = w_conditioned_student(pipeline.model, cfg.guidance_dim)
+    student = w_conditioned_student(pipeline.model, cfg.guidance_dim, w_max=cfg.w_max)
     if cfg.gradient_checkpointing:  # diffusers' own; the round students of stage 2 copy it
         student.unet.enable_gradient_checkpointing()
     # a student of another param learns best with the loss in the teacher's own space (pd_fast.app.reparam)
