@@ -91,3 +91,26 @@ def test_the_timing_counts_4_unet_evaluations_against_100_and_every_target_has_a
     assert all(
         isinstance(t["met"], bool) and t["text"].endswith(("met", "MISSED")) for t in payload["targets"]
     )
+
+
+def test_stage1_benchmark_scores_a_student_that_is_still_the_teacher_as_the_teacher(tiny_run) -> None:
+    """benchmarks/text2img_stage1.py on the tiny run's teacher: a student trained one step at a
+    negligible learning rate in the teacher's own param is the teacher, so at w = 0 (the guided
+    teacher is the conditional one) its samples score what the teacher's do, and at w = 2 they do not
+    (the student has not learnt the guidance)."""
+    import text2img_stage1
+
+    _, root = tiny_run
+    argv = [str(root / "work"), "--variant", "init:iters=1,lr=1e-12,param=eps", "--steps", "4"]
+    argv += ["--eval-w", "0,2", "--eval-samples", "16", "--results", str(root / "stage1")]
+    payload = text2img_stage1.main(argv)
+    rows = {(r["model"], r["w"]): r for r in payload["rows"]}
+    assert set(rows) == {(m, w) for m in ("teacher_256", "teacher_4", "init") for w in (0.0, 2.0)}
+    assert rows[("teacher_256", 0.0)]["rms_to_teacher_256"] == 0
+    student, teacher = rows[("init", 0.0)], rows[("teacher_4", 0.0)]
+    assert student["rms_to_teacher_256"] == pytest.approx(teacher["rms_to_teacher_256"], rel=1e-5)
+    assert student["frechet"] == pytest.approx(teacher["frechet"], rel=1e-4)
+    guided = rows[("teacher_4", 2.0)]["rms_to_teacher_256"]
+    assert abs(rows[("init", 2.0)]["rms_to_teacher_256"] - guided) > 1e-3
+    saved = json.loads((root / "stage1" / "text2img_stage1.json").read_text())
+    assert saved["rows"] == payload["rows"] and saved["variants"]["init"]["param"] == "eps"
