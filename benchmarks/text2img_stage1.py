@@ -7,12 +7,13 @@ WORK is a work folder of `benchmarks/text2img_teacher.py` (its `teacher/` and `d
 variant trains a stage-1 student as the text-to-image job does (`distill_guidance` on the data's
 cached latents and prompt embeddings, w ~ U[0, --w-max], batch 64, seed 0) with its own settings:
 `iters`, `lr`, `band` (1: the student reads `guidance_band(256, w_max)`, as the job's; 0: every
-feature of the w embedding), `param` (v, or the teacher's own eps) and `weighting` (default: the
-loss in the teacher's space, as the job's). For each w of `--eval-w`, from the job's evaluation
-noise and prompts: the teacher's guided DDIM at 256 and at `--steps` steps, and each student's DDIM
-at `--steps` steps, decoded and scored as `text2img_teacher.py` scores (Fréchet distance in the
-digits classifier's features, accuracy of the named digit), with the mean RMS latent distance to the
-teacher's 256-step sample from the same noise and prompt. Writes `text2img_stage1.json` into
+feature of the w embedding), `param` (v, or the teacher's own eps) and `weighting` (default: as the
+job weighs, in the teacher's space for another param, `snr_trunc` for its own). For each w of
+`--eval-w`, from the job's evaluation noise and prompts: the teacher's guided DDIM at 256 and at
+`--steps` steps, and each student's DDIM at `--steps` steps, decoded and scored as
+`text2img_teacher.py` scores (Fréchet distance in the digits classifier's features, accuracy of the
+named digit), with the mean RMS latent distance to the teacher's 256-step sample from the same
+noise and prompt. Writes `text2img_stage1.json` into
 `--results` (default benchmarks/results/).
 """
 
