@@ -55,7 +55,7 @@ STEPS = (1, 2, 4, 8)
 REFERENCE = 256
 NAME = "text2img_teacher"
 QUICK = dict(
-    vae_iters=400, teacher_iters=1000, start_steps=16, guidance_iters=100, iters=60, eval_samples=200,
+    vae_iters=400, teacher_iters=700, start_steps=16, guidance_iters=100, iters=60, eval_samples=200,
     eval_w="0,2", timing_rounds=3, timing_batches="1,16", resamples=100,
 )  # fmt: skip
 TINY = dict(
