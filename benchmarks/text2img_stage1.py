@@ -63,15 +63,12 @@ def train(pipeline: Any, encoded: Any, settings: dict[str, Any], w_max: float) -
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from text2img_teacher import decoded_digits
+    from text2img_teacher import evaluation_inputs, judged, judges
 
     import pd_fast
-    from pd_fast.app.captioned import encode_cached, load_captioned, named_digit
-    from pd_fast.app.data import digits
-    from pd_fast.app.evaluation import make_evaluator, train_classifier
+    from pd_fast.app.captioned import encode_cached, load_captioned
     from pd_fast.app.evaluation.latent import rms_distances
     from pd_fast.app.evaluation.metrics import frechet_distance, gaussian_stats
-    from pd_fast.app.jobs.common import eval_noise
     from pd_fast.app.jobs.text_to_image import teacher_id
     from pd_fast.integrations.latent import load_latent_pipeline, quiet_libraries
 
@@ -92,25 +89,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pipeline = load_latent_pipeline(work / "teacher")
     data = load_captioned(str(work / "data"))
     encoded = encode_cached(data, pipeline, None, teacher_id(pipeline), 64, False)
-    prompts = [data.captions[i % len(data.captions)] for i in range(args.eval_samples)]  # the job's
-    z = eval_noise(0, (len(prompts), *pipeline.latent_shape), torch.device("cpu"))
-    with torch.no_grad():
-        cond = torch.cat([pipeline.encode_prompt(prompts[i : i + 256]) for i in range(0, len(prompts), 256)])
-        null = pipeline.null_condition()
-    labels = torch.tensor([named_digit(prompt) for prompt in prompts])
-    ref = digits()
-    evaluator = make_evaluator(ref.x, ref.labels, seed=0, cache_dir=str(work))
-    classifier, _ = train_classifier(ref.x, ref.labels, seed=0, cache_dir=str(work))
-    space = evaluator.metric
+    _, z, cond, null, labels = evaluation_inputs(pipeline, data.captions, args.eval_samples, 0)  # the job's
+    evaluator, classifier = judges(work, 0)
 
     def scored(model: str, w: float, x: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
-        images = decoded_digits(pipeline, x)
-        with torch.no_grad():
-            accuracy = float((classifier(images).argmax(1) == labels).double().mean())
-        stats = gaussian_stats(evaluator.features(images)[space])
-        frechet = frechet_distance(*stats, *evaluator.reference[space])
+        features, correct = judged(pipeline, x, labels, evaluator, classifier)
+        frechet = frechet_distance(*gaussian_stats(features), *evaluator.reference[evaluator.metric])
         rms = float(rms_distances(x, reference).mean())
-        return dict(model=model, w=w, frechet=frechet, accuracy=accuracy, rms_to_teacher_256=rms)
+        return dict(model=model, w=w, frechet=frechet, accuracy=float(correct.mean()), rms_to_teacher_256=rms)
 
     def teacher(w: float, n: int) -> torch.Tensor:
         with torch.no_grad():

@@ -81,22 +81,52 @@ def distill(teacher_dir: Path, data_dir: Path, out: Path, args: argparse.Namespa
     return json.loads((out / "report.json").read_text())
 
 
+def evaluation_inputs(pipeline: Any, captions: list[str], n: int, seed: int) -> tuple:
+    """The job's evaluation inputs: its prompts (the data's captions in order, repeated to n), its
+    noise (`eval_noise(seed, ...)` on the CPU), the prompts' embeddings and the null condition, and
+    the digit each prompt names."""
+    from pd_fast.app.captioned import named_digit
+    from pd_fast.app.jobs.common import eval_noise
+
+    prompts = [captions[i % len(captions)] for i in range(n)]
+    z = eval_noise(seed, (n, *pipeline.latent_shape), torch.device("cpu"))
+    with torch.no_grad():
+        cond = torch.cat([pipeline.encode_prompt(prompts[i : i + 256]) for i in range(0, n, 256)])
+        null = pipeline.null_condition()
+    return prompts, z, cond, null, torch.tensor([named_digit(p) for p in prompts])
+
+
+def judges(work: Path, seed: int) -> tuple[Any, Any]:
+    """The digits evaluator (Fréchet distance in its metric space) and classifier, cached in `work`."""
+    from pd_fast.app.data import digits
+    from pd_fast.app.evaluation import make_evaluator, train_classifier
+
+    data = digits()
+    evaluator = make_evaluator(data.x, data.labels, seed=seed, cache_dir=str(work))
+    classifier, _ = train_classifier(data.x, data.labels, seed=seed, cache_dir=str(work))
+    return evaluator, classifier
+
+
+def judged(pipeline: Any, z: torch.Tensor, labels: torch.Tensor, evaluator: Any, classifier: Any) -> tuple:
+    """Latents z decoded and taken to 8 x 8 (`decoded_digits`): their features in the evaluator's
+    metric space, and per sample whether the classifier names the digit of `labels` (float64 0/1)."""
+    images = decoded_digits(pipeline, z)
+    with torch.no_grad():
+        correct = (classifier(images).argmax(1) == labels).double().numpy()
+    return evaluator.features(images)[evaluator.metric], correct
+
+
 def sample_sets(run: Path, teacher_dir: Path, data_dir: Path, report: dict, args: argparse.Namespace) -> dict:
     """The latents of every scored set by (model, w, N): the job's (`samples.npz`: the students and
     the guided teacher's DDIM) and the teacher's DPM-Solver++(2M), sampled here from the job's noise
     and prompts; with the prompts and their named digits."""
     import pd_fast
-    from pd_fast.app.captioned import load_captioned, named_digit
-    from pd_fast.app.jobs.common import eval_noise
+    from pd_fast.app.captioned import load_captioned
     from pd_fast.integrations.latent import load_latent_pipeline
 
     pipeline = load_latent_pipeline(teacher_dir)
     captions = load_captioned(str(data_dir)).captions
-    prompts = [captions[i % len(captions)] for i in range(report["eval_samples"])]  # the job's
-    z = eval_noise(args.seed, (len(prompts), *pipeline.latent_shape), torch.device("cpu"))
-    with torch.no_grad():
-        cond = torch.cat([pipeline.encode_prompt(prompts[i : i + 256]) for i in range(0, len(prompts), 256)])
-        null = pipeline.null_condition()
+    prompts, z, cond, null, labels = evaluation_inputs(pipeline, captions, report["eval_samples"], args.seed)
     sets: dict[tuple[str, str, int], torch.Tensor] = {}
     with np.load(run / "samples.npz") as saved:
         for key in saved.files:  # z_<model>_N<N>_w<w>
@@ -109,7 +139,6 @@ def sample_sets(run: Path, teacher_dir: Path, data_dir: Path, report: dict, args
                 pipeline.model, z, n, pipeline.schedule, pipeline.param, sampler="dpmpp_2m", cond=cond,
                 null_cond=null, w=float(w_name),
             )  # fmt: skip
-    labels = torch.tensor([named_digit(p) for p in prompts])
     return dict(sets=sets, pipeline=pipeline, prompts=prompts, labels=labels)
 
 
@@ -118,13 +147,10 @@ def score(got: dict, work: Path, args: argparse.Namespace) -> tuple[list[dict], 
     distance, the accuracy of the named digit and their intervals; the replicates for the ratios;
     the data's floor and the autoencoder's round trip of the data (the pipeline's own floor)."""
     from pd_fast.app.captioned import load_captioned
-    from pd_fast.app.data import digits
-    from pd_fast.app.evaluation import bootstrap_frechet, bootstrap_interval, make_evaluator, train_classifier
+    from pd_fast.app.evaluation import bootstrap_frechet, bootstrap_interval
     from pd_fast.app.evaluation.metrics import frechet_distance, gaussian_stats
 
-    data = digits()
-    evaluator = make_evaluator(data.x, data.labels, seed=args.seed, cache_dir=str(work))
-    classifier, _ = train_classifier(data.x, data.labels, seed=args.seed, cache_dir=str(work))
+    evaluator, classifier = judges(work, args.seed)
     space, labels, pipeline = evaluator.metric, got["labels"], got["pipeline"]
     features, correct = {}, {}
     sets = dict(got["sets"])
@@ -133,10 +159,7 @@ def score(got: dict, work: Path, args: argparse.Namespace) -> tuple[list[dict], 
             load_captioned(str(work / "data")).images[: len(labels)]
         )
     for key, z in sets.items():
-        images = decoded_digits(pipeline, z)
-        with torch.no_grad():
-            correct[key] = (classifier(images).argmax(1) == labels).double().numpy()
-        features[key] = evaluator.features(images)[space]
+        features[key], correct[key] = judged(pipeline, z, labels, evaluator, classifier)
     n = len(labels)
     indices = np.random.default_rng(args.seed).integers(0, n, size=(args.resamples, n))
     replicates = bootstrap_frechet(features, evaluator.reference[space], indices)
